@@ -1,0 +1,178 @@
+"""grain pipelines: batch contents, epochs, resumable state, eval padding, bad input."""
+
+import collections
+import glob
+import os
+
+import numpy as np
+import pytest
+
+from vmjax.data import pipeline, synthetic, tfrecord, yt8m
+
+C = 3862
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("pipe") / "data")
+    spec = synthetic.Spec(
+        seed=1,
+        num_train=60,
+        num_validate=21,
+        num_train_shards=3,
+        num_validate_shards=2,
+        zero_frame_rate=0.05,
+        long_rate=0.05,
+    )
+    synthetic.generate(out, spec, workers=1, log=lambda *_: None)
+    return out
+
+
+def _files(data_dir, level, split):
+    return sorted(glob.glob(os.path.join(data_dir, level, f"{split}-*.tfrecord")))
+
+
+def _records(path, level):
+    decode = yt8m.decode_frame_example if level == "frame" else yt8m.decode_video_example
+    return [decode(p) for _, _, p in tfrecord.read_records(path)]
+
+
+def _train(files, level, **kw):
+    args = dict(
+        level=level,
+        num_classes=C,
+        max_frames=40,
+        batch_size=4,
+        seed=0,
+        shuffle_buffer=1,
+        cycle_length=1,
+        prefetch=0,
+    )
+    args.update(kw)
+    return pipeline.train_dataset(files, **args)
+
+
+def test_frame_batches_match_records_in_order(data_dir):
+    path = _files(data_dir, "frame", "train")[0]
+    records = _records(path, "frame")
+    it = iter(_train([path], "frame"))
+    rows = [r for _ in range(len(records) // 4) for r in _unbatch(next(it))]
+    for row, rec in zip(rows, records, strict=False):
+        t = min(len(rec["rgb"]), 40)
+        assert row["num_frames"] == t
+        np.testing.assert_array_equal(row["mask"], np.arange(40) < t)
+        assert row["rgb"].dtype == np.uint8 and row["rgb"].shape == (40, 1024)
+        np.testing.assert_array_equal(row["rgb"][:t], rec["rgb"][:t])
+        np.testing.assert_array_equal(row["rgb"][t:], 0)
+        np.testing.assert_array_equal(row["audio"][:t], rec["audio"][:t])
+        np.testing.assert_array_equal(np.flatnonzero(row["labels"]), np.sort(rec["labels"]))
+
+
+def _unbatch(batch):
+    n = len(batch["labels"])
+    return [{k: v[i] for k, v in batch.items()} for i in range(n)]
+
+
+def test_video_batches_and_each_epoch_sees_every_video_once(data_dir):
+    files = _files(data_dir, "video", "train")
+    expected = collections.Counter(
+        r["mean_rgb"].tobytes() for f in files for r in _records(f, "video")
+    )
+    it = iter(_train(files, "video", batch_size=5, cycle_length=3))
+    seen = collections.Counter()
+    for _ in range(60 // 5):
+        b = next(it)
+        assert b["rgb"].shape == (5, 1024) and b["rgb"].dtype == np.float32
+        assert b["audio"].shape == (5, 128)
+        seen.update(row.tobytes() for row in b["rgb"])
+    assert seen == expected
+
+
+def test_epochs_are_reshuffled(data_dir):
+    files = _files(data_dir, "video", "train")
+    it = iter(_train(files, "video", batch_size=60, cycle_length=1, seed=2))
+    first, second = next(it)["rgb"], next(it)["rgb"]
+    assert sorted(map(bytes, first)) == sorted(map(bytes, second))  # one epoch each
+    assert not np.array_equal(first, second)  # in another file order
+
+
+@pytest.mark.parametrize("level", ["frame", "video"])
+def test_resume_from_iterator_state_gives_the_same_batches(data_dir, level):
+    files = _files(data_dir, level, "train")
+    kw = dict(batch_size=3, cycle_length=2, shuffle_buffer=8, prefetch=2)
+    it = iter(_train(files, level, **kw))
+    for _ in range(7):
+        next(it)
+    state = it.get_state()
+    want = [next(it) for _ in range(25)]  # crosses an epoch boundary
+    fresh = iter(_train(files, level, **kw))
+    fresh.set_state(state)
+    for w in want:
+        got = next(fresh)
+        for k in w:
+            np.testing.assert_array_equal(got[k], w[k])
+
+
+def test_eval_reads_every_video_once_and_pads_the_last_batch(data_dir):
+    files = _files(data_dir, "frame", "validate")
+    batches = list(
+        pipeline.eval_batches(files, level="frame", num_classes=C, max_frames=300, batch_size=8)
+    )
+    assert len(batches) == 3  # 21 videos
+    weights = np.concatenate([b["weights"] for b in batches])
+    np.testing.assert_array_equal(weights, [1] * 21 + [0] * 3)
+    records = [r for f in files for r in _records(f, "frame")]
+    frames = np.concatenate([b["num_frames"] for b in batches])[:21]
+    np.testing.assert_array_equal(frames, [min(len(r["rgb"]), 300) for r in records])
+    assert batches[-1]["labels"][-3:].sum() == 0
+
+
+def test_float_frame_records_make_a_float_batch(tmp_path):
+    path = str(tmp_path / "f.tfrecord")
+    rgb = np.full((3, 1024), 0.5, np.float32)
+    audio = np.full((3, 128), -0.25, np.float32)
+    tfrecord.write_records(
+        path, [yt8m.encode_frame_example("a", [1], rgb, audio, float_features=True)] * 2
+    )
+    b = next(iter(_train([path], "frame", batch_size=2, max_frames=5)))
+    assert b["rgb"].dtype == np.float32
+    np.testing.assert_array_equal(b["rgb"][0, :3], 0.5)
+    np.testing.assert_array_equal(b["rgb"][0, 3:], 0)
+
+
+def test_resolve_and_shard_files(tmp_path):
+    with pytest.raises(ValueError, match="data.train_pattern is empty"):
+        pipeline.resolve_files("", "data.train_pattern")
+    with pytest.raises(FileNotFoundError, match="matched no files"):
+        pipeline.resolve_files(str(tmp_path / "nothing*.tfrecord"), "data.eval_pattern")
+    for name in ("b.tfrecord", "a.tfrecord", "c.tfrecord"):
+        (tmp_path / name).write_bytes(b"")
+    files = pipeline.resolve_files(f"{tmp_path}/a*,{tmp_path}/[bc]*", "data.train_pattern")
+    assert [os.path.basename(f) for f in files] == ["a.tfrecord", "b.tfrecord", "c.tfrecord"]
+    assert pipeline.shard_files(files, 1, 2) == [files[1]]
+    with pytest.raises(ValueError, match="cannot be sharded over 4 processes"):
+        pipeline.shard_files(files, 0, 4)
+
+
+def test_corrupt_record_names_the_file_in_the_pipeline(tmp_path, data_dir):
+    src = _files(data_dir, "video", "train")[0]
+    data = bytearray(open(src, "rb").read())
+    data[40] ^= 0xFF  # inside the first record's payload
+    bad = tmp_path / "bad.tfrecord"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(tfrecord.RecordError, match="bad.tfrecord"):
+        next(iter(_train([str(bad)], "video")))
+
+
+def test_label_outside_num_classes_is_an_error(tmp_path):
+    path = str(tmp_path / "v.tfrecord")
+    tfrecord.write_records(
+        path,
+        [
+            yt8m.encode_video_example(
+                "x", [5000], np.zeros(1024, np.float32), np.zeros(128, np.float32)
+            )
+        ],
+    )
+    with pytest.raises(tfrecord.RecordError, match="labels"):
+        next(iter(_train([path], "video", batch_size=1)))

@@ -1,0 +1,187 @@
+"""The embedded dataset: real format, real label sets, each kind's evidence where it should be."""
+
+import csv
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+
+from vmjax.data import synthetic, tfrecord, yt8m
+
+SPEC = synthetic.Spec(
+    seed=3,
+    num_train=120,
+    num_validate=60,
+    num_train_shards=2,
+    num_validate_shards=1,
+    zero_frame_rate=0.05,
+    long_rate=0.05,
+)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("syn") / "data")
+    synthetic.generate(out, SPEC, workers=1, log=lambda *_: None)
+    return out
+
+
+def _read(data_dir, level, split):
+    decode = yt8m.decode_frame_example if level == "frame" else yt8m.decode_video_example
+    out = []
+    for path in sorted(glob.glob(os.path.join(data_dir, level, f"{split}-*.tfrecord"))):
+        out += [decode(p) for _, _, p in tfrecord.read_records(path)]
+    return out
+
+
+def test_layout_counts_and_manifest(data_dir):
+    assert len(glob.glob(os.path.join(data_dir, "frame", "train-*-of-00002.tfrecord"))) == 2
+    assert len(_read(data_dir, "frame", "train")) == 120
+    assert len(_read(data_dir, "video", "validate")) == 60
+    manifest = json.load(open(os.path.join(data_dir, "manifest.json")))
+    assert manifest["spec"]["seed"] == 3
+    assert not glob.glob(data_dir + ".tmp-*")  # written atomically
+
+
+def test_deterministic_by_seed(tmp_path):
+    spec = synthetic.Spec(
+        seed=5, num_train=10, num_validate=4, num_train_shards=1, num_validate_shards=1
+    )
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    synthetic.generate(a, spec, workers=1, log=lambda *_: None)
+    synthetic.generate(b, spec, workers=1, log=lambda *_: None)
+    for level in synthetic.LEVELS:
+        for name in os.listdir(os.path.join(a, level)):
+            assert (
+                open(os.path.join(a, level, name), "rb").read()
+                == open(os.path.join(b, level, name), "rb").read()
+            )
+    with pytest.raises(FileExistsError):
+        synthetic.generate(a, spec, workers=1, log=lambda *_: None)
+
+
+def test_frame_lengths_include_zero_and_over_300(data_dir):
+    lengths = [len(v["rgb"]) for v in _read(data_dir, "frame", "train")]
+    assert 0 in lengths
+    assert max(lengths) > 300
+    assert all(len(v["audio"]) == len(v["rgb"]) for v in _read(data_dir, "frame", "train"))
+
+
+def test_video_level_is_mean_of_dequantized_frames(data_dir):
+    frames = {v["id"]: v for v in _read(data_dir, "frame", "validate")}
+    for v in _read(data_dir, "video", "validate"):
+        f = frames[v["id"]]
+        np.testing.assert_array_equal(v["labels"], f["labels"])
+        if len(f["rgb"]):
+            np.testing.assert_allclose(v["mean_rgb"], yt8m.dequantize(f["rgb"]).mean(0), atol=1e-6)
+            np.testing.assert_allclose(
+                v["mean_audio"], yt8m.dequantize(f["audio"]).mean(0), atol=1e-6
+            )
+
+
+def _world_and_table(data_dir):
+    world = synthetic.make_world(SPEC, synthetic.load_label_sets())
+    rows = list(csv.DictReader(open(os.path.join(data_dir, "classes.csv"))))
+    return world, rows
+
+
+def test_kinds_and_shared_patterns(data_dir):
+    world, rows = _world_and_table(data_dir)
+    kinds = np.array([synthetic.KINDS.index(r["Kind"]) for r in rows])
+    np.testing.assert_array_equal(kinds, world.kind)
+    assert rows[0]["Name"] == "Game"
+    counts = np.bincount(world.kind, minlength=5) / len(world.kind)
+    np.testing.assert_allclose(counts, [0.4, 0.2, 0.2, 0.1, 0.1], atol=0.01)
+    cross = np.flatnonzero(world.kind == 2)
+    # Each cross-modal class's rgb pattern and audio pattern also belong to other classes.
+    for c in cross[:40]:
+        assert (world.rgb_a[cross] == world.rgb_a[c]).sum() >= 2
+        assert (world.audio[cross] == world.audio[c]).sum() >= 2
+        same = (world.rgb_a[cross] == world.rgb_a[c]) & (world.audio[cross] == world.audio[c])
+        assert same.sum() == 1  # but the conjunction is unique
+    temporal = np.flatnonzero(world.kind == 3)
+    a, b = temporal[0], temporal[1]
+    assert (world.rgb_a[a], world.rgb_b[a]) == (world.rgb_b[b], world.rgb_a[b])
+
+
+def test_evidence_is_where_the_labels_say(data_dir):
+    """Project frames on each class's pattern: present for labels, absent otherwise, in order."""
+    world, _ = _world_and_table(data_dir)
+    rng = np.random.default_rng(0)
+    visual = np.flatnonzero(world.kind == 0)
+    hits, controls, seen_temporal = [], [], 0
+
+    def present(rgb, pattern_index):
+        p = world.rgb_patterns[pattern_index]
+        return rgb @ p / (p @ p) > 0.5  # ~1 on the pattern's frames, ~0 elsewhere
+
+    for v in _read(data_dir, "frame", "train"):
+        rgb = yt8m.dequantize(v["rgb"])
+        if len(rgb) < 2:
+            continue
+        for c in v["labels"]:
+            kind = synthetic.KINDS[world.kind[c]]
+            if kind == "visual":
+                hits.append(present(rgb, world.rgb_a[c]).any())
+            elif kind == "temporal":
+                a, b = present(rgb, world.rgb_a[c]), present(rgb, world.rgb_b[c])
+                if a.any() and b.any():
+                    assert np.flatnonzero(a)[0] < np.flatnonzero(b)[-1]
+                    seen_temporal += 1
+        other = rng.choice(np.setdiff1d(visual, v["labels"]))
+        controls.append(present(rgb, world.rgb_a[other]).any())
+    # Labels can be spurious (no evidence) at spurious_label_rate; controls almost never show.
+    assert np.mean(hits) > 0.9
+    assert np.mean(controls) < 0.02
+    assert seen_temporal > 0
+
+
+def test_clean_labels_are_real_label_sets_and_noise_is_small(data_dir):
+    real = {tuple(sorted(s)) for s in synthetic.load_label_sets()}
+    videos = _read(data_dir, "frame", "train") + _read(data_dir, "frame", "validate")
+    exact = sum(tuple(sorted(v["labels"])) in real for v in videos)
+    assert exact / len(videos) > 0.8  # the rest differ by a dropped or spurious label
+
+
+def test_text_tokens_carry_text_class_keywords(data_dir):
+    world, _ = _world_and_table(data_dir)
+    text_classes = np.flatnonzero(world.kind == 4)
+    n = 0
+    for v in _read(data_dir, "video", "train"):
+        for c in set(v["labels"]) & set(text_classes):
+            # A dropped-then-kept mismatch is impossible: keywords come from clean labels.
+            assert world.token[c] in v["text_tokens"]
+            n += 1
+    assert n > 0
+
+
+def test_segments_are_five_frames_inside_the_video(data_dir):
+    n = 0
+    for v in _read(data_dir, "frame", "train"):
+        if "segment_start_times" not in v:
+            continue
+        n += 1
+        st, en = v["segment_start_times"], v["segment_end_times"]
+        np.testing.assert_array_equal(en - st, 5)
+        assert (st % 5 == 0).all() and (en <= len(v["rgb"])).all()
+        assert set(np.unique(v["segment_scores"])) <= {0.0, 1.0}
+    assert n > 0
+
+
+def test_oracle_beats_chance_and_is_below_one(data_dir):
+    oracle = synthetic.read_oracle(data_dir)
+    assert 0.8 < oracle["gap"] < 1.0
+    lines = open(os.path.join(data_dir, "oracle_validate.jsonl")).read().splitlines()
+    assert len(lines) == 60
+    first = json.loads(lines[0])
+    assert len(first["classes"]) == 20 and first["scores"] == sorted(first["scores"], reverse=True)
+
+
+def test_ensure_reuses_the_cache(tmp_path):
+    spec = synthetic.Spec(num_train=8, num_validate=4, num_train_shards=1, num_validate_shards=1)
+    calls = []
+    d1 = synthetic.ensure(str(tmp_path), spec, log=calls.append)
+    d2 = synthetic.ensure(str(tmp_path), spec, log=calls.append)
+    assert d1 == d2 and len(calls) == 2  # one generation: a start and an end message

@@ -1,0 +1,130 @@
+"""Smoke training runs on CPU: outputs, automatic resume, and files written by TensorFlow."""
+
+import importlib.util
+import json
+import logging
+import os
+import pathlib
+
+import pytest
+
+from vmjax.train import loop
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "tests" / "data" / "fixtures"
+
+
+def get_config(arg="smoke"):
+    spec = importlib.util.spec_from_file_location("yt8m_config", ROOT / "configs" / "yt8m.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def _small(tmp_path, arg="smoke", **overrides):
+    c = get_config(arg)
+    c.data.cache_dir = str(tmp_path / "cache")
+    c.data.synthetic.num_train = 96
+    c.data.synthetic.num_validate = 40
+    c.batch_size = 16
+    c.eval_batch_size = 16
+    c.num_train_steps = 6
+    c.eval_every = 3
+    c.checkpoint_every = 3
+    c.log_every = 2
+    c.model.name = "logistic" if c.data.level == "video" else c.model.name
+    for k, v in overrides.items():
+        target = c
+        *parents, leaf = k.split(".")
+        for p in parents:
+            target = target[p]
+        target[leaf] = v
+    return c
+
+
+def _metrics(workdir):
+    return [json.loads(x) for x in open(os.path.join(workdir, "metrics.jsonl"))]
+
+
+@pytest.mark.parametrize("arg", ["smoke", "frame,smoke"])
+def test_smoke_run_writes_metrics_checkpoints_config_and_events(tmp_path, arg):
+    workdir = str(tmp_path / "w")
+    result = loop.train_and_evaluate(
+        _small(tmp_path, arg, **{"model.name": "moe"} if arg == "smoke" else {}), workdir
+    )
+    lines = _metrics(workdir)
+    assert [m["step"] for m in lines] == [3, 6]
+    assert set(lines[0]) == {"step", "gap", "map", "hit_at_1", "perr", "loss"}
+    assert all(0 <= m["gap"] <= 1 and m["loss"] > 0 for m in lines)
+    assert result["step"] == 6 and result["num_videos"] == 40
+    assert 0.5 < result["oracle_gap"] < 1
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
+    config = json.load(open(os.path.join(workdir, "config.json")))
+    assert config["config"]["num_train_steps"] == 6
+    assert config["resolved"]["embedded_data_dir"].startswith(str(tmp_path / "cache"))
+    events = os.listdir(os.path.join(workdir, "tensorboard"))
+    assert any(e.startswith("events.out.tfevents") for e in events)
+
+
+def test_running_again_resumes_instead_of_starting_over(tmp_path, caplog):
+    workdir = str(tmp_path / "w")
+    loop.train_and_evaluate(_small(tmp_path), workdir)
+    before = _metrics(workdir)
+    caplog.set_level(logging.INFO)
+    again = loop.train_and_evaluate(_small(tmp_path), workdir)
+    assert "Resuming from checkpoint" in caplog.text
+    assert _metrics(workdir) == before  # nothing retrained
+    assert again == before[-1]
+    longer = loop.train_and_evaluate(_small(tmp_path, num_train_steps=9), workdir)
+    assert [m["step"] for m in _metrics(workdir)] == [3, 6, 9]
+    assert longer["step"] == 9
+
+
+@pytest.mark.parametrize(
+    "level,name,num_classes",
+    [
+        ("video", "video.tfrecord", 3862),
+        ("frame", "frame.tfrecord", 3862),
+        ("frame", "frame_2017.tfrecord", 4716),  # the 2017 vocabulary
+    ],
+)
+def test_trains_on_files_written_by_tensorflow(tmp_path, level, name, num_classes):
+    """Fixtures written with tf.io.TFRecordWriter (see tests/data/fixtures/make_tf_fixtures.py)."""
+    pattern = str(FIXTURES / name)
+    c = _small(
+        tmp_path,
+        "smoke" if level == "video" else "frame,smoke",
+        **{
+            "data.train_pattern": pattern,
+            "data.eval_pattern": pattern,
+            "data.num_classes": num_classes,
+            "batch_size": 2,
+            "eval_batch_size": 2,
+            "num_train_steps": 2,
+            "eval_every": 2,
+            "checkpoint_every": 2,
+        },
+    )
+    result = loop.train_and_evaluate(c, str(tmp_path / "w"))
+    expected = json.load(open(FIXTURES / "expected.json"))["files"][name]
+    assert result["num_videos"] == len(expected)
+    assert "oracle_gap" not in result
+    assert result["loss"] > 0
+
+
+def test_bad_data_config_fails_fast(tmp_path):
+    with pytest.raises(ValueError, match="set both"):
+        loop.train_and_evaluate(
+            _small(tmp_path, **{"data.train_pattern": "x*"}), str(tmp_path / "w")
+        )
+    with pytest.raises(FileNotFoundError, match="matched no files"):
+        loop.train_and_evaluate(
+            _small(
+                tmp_path,
+                **{
+                    "data.train_pattern": str(tmp_path / "none*"),
+                    "data.eval_pattern": str(tmp_path / "none*"),
+                },
+            ),
+            str(tmp_path / "w"),
+        )

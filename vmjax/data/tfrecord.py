@@ -1,0 +1,172 @@
+"""TFRecord framing: read and write length-prefixed, CRC32C-checked records without TensorFlow.
+
+Each record is: uint64 length (little endian), uint32 masked CRC32C of those 8 bytes, the
+payload, uint32 masked CRC32C of the payload.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterable, Iterator
+from types import TracebackType
+from typing import BinaryIO
+
+import crc32c
+
+_MASK_DELTA = 0xA282EAD8
+_HEADER = struct.Struct("<QI")  # length, masked CRC of the length
+_CRC = struct.Struct("<I")
+# Buffered reads of this size keep syscalls rare without holding whole shards in memory.
+_READ_BUFFER = 1 << 20
+
+
+class RecordError(ValueError):
+    """Bad input; the message names file, record index, byte offset and field."""
+
+    def __init__(self, path: str, index: int, offset: int, field: str, message: str):
+        self.path, self.index, self.offset, self.field = path, index, offset, field
+        self.message = message
+        super().__init__(
+            f"{path}: record {index} (byte offset {offset}), field '{field}': {message}"
+        )
+
+    def __reduce__(self):
+        # Default exception pickling calls cls(*args) with the formatted string; grain workers
+        # pickle exceptions across processes, so rebuild from the original parts instead.
+        return type(self), (self.path, self.index, self.offset, self.field, self.message)
+
+
+def masked_crc32c(data: bytes) -> int:
+    """CRC32C of `data`, masked as TFRecord does (so CRCs of CRCs stay well distributed)."""
+    crc = crc32c.crc32c(data)
+    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + _MASK_DELTA) & 0xFFFFFFFF
+
+
+def read_records(
+    path: str, *, start_offset: int = 0, start_index: int = 0, verify_crc: bool = True
+) -> Iterator[tuple[int, int, bytes]]:
+    """Yields (record_index, byte_offset, payload) for each record of a TFRecord file.
+
+    Args:
+      start_offset: byte offset of a record start to resume from.
+      start_index: index reported for the record at `start_offset`.
+      verify_crc: check payload CRCs. The 8-byte length CRC is always checked, as a corrupt
+        length would otherwise make us read (and allocate) garbage.
+    """
+    index, offset = start_index, start_offset
+    with open(path, "rb", buffering=_READ_BUFFER) as f:
+        f.seek(start_offset)
+        while True:
+            header = f.read(_HEADER.size)
+            if not header:
+                return
+            if len(header) < _HEADER.size:
+                raise RecordError(
+                    path,
+                    index,
+                    offset,
+                    "length",
+                    f"truncated header: {len(header)} of {_HEADER.size} bytes",
+                )
+            length, length_crc = _HEADER.unpack(header)
+            if masked_crc32c(header[:8]) != length_crc:
+                raise RecordError(
+                    path,
+                    index,
+                    offset,
+                    "length_crc",
+                    f"stored {length_crc:#010x}, computed {masked_crc32c(header[:8]):#010x}",
+                )
+            payload = f.read(length)
+            if len(payload) < length:
+                raise RecordError(
+                    path,
+                    index,
+                    offset,
+                    "data",
+                    f"truncated payload: {len(payload)} of {length} bytes",
+                )
+            trailer = f.read(_CRC.size)
+            if len(trailer) < _CRC.size:
+                raise RecordError(
+                    path,
+                    index,
+                    offset,
+                    "data_crc",
+                    f"truncated data CRC: {len(trailer)} of {_CRC.size} bytes",
+                )
+            if verify_crc:
+                (data_crc,) = _CRC.unpack(trailer)
+                if masked_crc32c(payload) != data_crc:
+                    raise RecordError(
+                        path,
+                        index,
+                        offset,
+                        "data_crc",
+                        f"stored {data_crc:#010x}, computed {masked_crc32c(payload):#010x}",
+                    )
+            yield index, offset, payload
+            index += 1
+            offset += _HEADER.size + length + _CRC.size
+
+
+class TFRecordWriter:
+    """Writes records to `path` atomically: a temp file is renamed into place on clean close."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._tmp_path = f"{path}.tmp-{os.getpid()}"
+        self._file: BinaryIO | None = open(self._tmp_path, "wb", buffering=_READ_BUFFER)
+
+    def write(self, payload: bytes) -> None:
+        """Appends one record."""
+        if self._file is None:
+            raise ValueError(f"{self.path}: writer is closed")
+        header = struct.pack("<Q", len(payload))
+        self._file.write(header + _CRC.pack(masked_crc32c(header)))
+        self._file.write(payload)
+        self._file.write(_CRC.pack(masked_crc32c(payload)))
+
+    def close(self) -> None:
+        """Flushes and moves the finished file under its final name."""
+        if self._file is None:
+            return
+        f, self._file = self._file, None
+        f.flush()
+        # fsync before the rename so a crash cannot leave a renamed but empty file.
+        os.fsync(f.fileno())
+        f.close()
+        os.replace(self._tmp_path, self.path)
+
+    def abort(self) -> None:
+        """Discards everything written; nothing appears under the final name."""
+        if self._file is None:
+            return
+        f, self._file = self._file, None
+        f.close()
+        os.remove(self._tmp_path)
+
+    def __enter__(self) -> TFRecordWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_records(path: str, payloads: Iterable[bytes]) -> int:
+    """Writes all payloads to `path` atomically; returns how many were written."""
+    count = 0
+    with TFRecordWriter(path) as writer:
+        for payload in payloads:
+            writer.write(payload)
+            count += 1
+    return count

@@ -1,0 +1,34 @@
+"""Models: the name -> class table and `build_model`."""
+
+import dataclasses
+
+import flax.linen as nn
+import ml_collections
+
+from vmjax.models.classifiers import FrameMoE, VideoLogistic, VideoMoE
+
+MODELS: dict[str, type[nn.Module]] = {
+    "logistic": VideoLogistic,
+    "moe": VideoMoE,
+    "frame_moe": FrameMoE,
+}
+
+# Dataclass fields every Linen module has that are not model hyper-parameters.
+_NOT_HPARAMS = ("parent", "name", "num_classes")
+
+
+def build_model(model_config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+    """Builds `MODELS[model_config.name]` with the config fields that model declares."""
+    if model_config.name not in MODELS:
+        raise ValueError(
+            f"model_config.name={model_config.name!r} is unknown; expected one of {sorted(MODELS)}"
+        )
+    cls = MODELS[model_config.name]
+    wanted = [f.name for f in dataclasses.fields(cls) if f.name not in _NOT_HPARAMS]
+    missing = [k for k in wanted if k not in model_config]
+    if missing:
+        raise ValueError(
+            f"model {model_config.name!r} ({cls.__name__}) needs model_config fields {missing}; "
+            f"got {sorted(model_config.keys())}"
+        )
+    return cls(num_classes=num_classes, **{k: model_config[k] for k in wanted})

@@ -1,0 +1,50 @@
+"""Train state and optimizer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a step updates: the step counter, parameters and optimizer state."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+def make_optimizer(
+    opt: ml_collections.ConfigDict, num_train_steps: int
+) -> optax.GradientTransformation:
+    """Adam(W) with linear warmup, cosine decay and global-norm clipping."""
+    schedule = learning_rate_schedule(opt, num_train_steps)
+    adam = optax.adamw(schedule, weight_decay=opt.weight_decay)
+    if opt.clip_norm > 0:
+        return optax.chain(optax.clip_by_global_norm(opt.clip_norm), adam)
+    return adam
+
+
+def learning_rate_schedule(opt: ml_collections.ConfigDict, num_train_steps: int) -> optax.Schedule:
+    warmup = min(opt.warmup_steps, max(num_train_steps - 1, 0))
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=opt.learning_rate,
+        warmup_steps=warmup,
+        decay_steps=max(num_train_steps, warmup + 1),
+        end_value=opt.learning_rate * opt.end_learning_rate_factor,
+    )
+
+
+def create_train_state(
+    model, tx: optax.GradientTransformation, example_inputs: dict, rng: jax.Array
+) -> TrainState:
+    """Initialises parameters from example inputs and the optimizer state."""
+    params = model.init(rng, example_inputs, train=False)["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
