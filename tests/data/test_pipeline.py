@@ -37,19 +37,14 @@ def _records(path, level):
     return [decode(p) for _, _, p in tfrecord.read_records(path)]
 
 
-def _train(files, level, **kw):
-    args = dict(
-        level=level,
-        num_classes=C,
-        max_frames=40,
-        batch_size=4,
-        seed=0,
-        shuffle_buffer=1,
-        cycle_length=1,
-        prefetch=0,
-    )
+def _spec(level, max_frames=40, num_classes=C, max_text_tokens=32):
+    return pipeline.BatchSpec(level, num_classes, max_frames, max_text_tokens, 8192)
+
+
+def _train(files, level, max_frames=40, **kw):
+    args = dict(batch_size=4, seed=0, shuffle_buffer=1, cycle_length=1, prefetch=0)
     args.update(kw)
-    return pipeline.train_dataset(files, **args)
+    return pipeline.train_dataset(files, _spec(level, max_frames), **args)
 
 
 def test_frame_batches_match_records_in_order(data_dir):
@@ -115,9 +110,7 @@ def test_resume_from_iterator_state_gives_the_same_batches(data_dir, level):
 
 def test_eval_reads_every_video_once_and_pads_the_last_batch(data_dir):
     files = _files(data_dir, "frame", "validate")
-    batches = list(
-        pipeline.eval_batches(files, level="frame", num_classes=C, max_frames=300, batch_size=8)
-    )
+    batches = list(pipeline.eval_batches(files, _spec("frame", 300), batch_size=8))
     assert len(batches) == 3  # 21 videos
     weights = np.concatenate([b["weights"] for b in batches])
     np.testing.assert_array_equal(weights, [1] * 21 + [0] * 3)
@@ -176,3 +169,40 @@ def test_label_outside_num_classes_is_an_error(tmp_path):
     )
     with pytest.raises(tfrecord.RecordError, match="labels"):
         next(iter(_train([path], "video", batch_size=1)))
+
+
+def test_text_tokens_are_padded_with_a_mask(data_dir):
+    path = _files(data_dir, "video", "train")[0]
+    records = _records(path, "video")
+    batch = next(iter(_train([path], "video", batch_size=len(records))))
+    assert batch["text_tokens"].shape == (len(records), 32)
+    for row, rec in enumerate(records):
+        n = len(rec["text_tokens"])
+        np.testing.assert_array_equal(batch["text_mask"][row], np.arange(32) < n)
+        np.testing.assert_array_equal(batch["text_tokens"][row, :n], rec["text_tokens"])
+        np.testing.assert_array_equal(batch["text_tokens"][row, n:], 0)
+    assert batch["text_mask"].any() and not batch["text_mask"].all()
+
+
+def test_token_outside_the_vocabulary_is_an_error(tmp_path):
+    path = str(tmp_path / "t.tfrecord")
+    z = np.zeros
+    tfrecord.write_records(
+        path,
+        [
+            yt8m.encode_video_example(
+                "x", [1], z(1024, np.float32), z(128, np.float32), text_tokens=[3, 9000]
+            )
+        ],
+    )
+    with pytest.raises(tfrecord.RecordError, match="text_tokens.*9000.*text_vocab_size"):
+        next(iter(_train([path], "video", batch_size=1)))
+
+
+@pytest.mark.parametrize("level", ["frame", "video"])
+def test_example_batch_matches_real_batches(data_dir, level):
+    real = next(iter(_train(_files(data_dir, level, "train"), level, batch_size=2)))
+    fake = pipeline.example_batch(_spec(level), batch_size=2)
+    assert fake.keys() == real.keys()
+    for k in real:
+        assert (fake[k].shape, fake[k].dtype) == (real[k].shape, real[k].dtype), k

@@ -13,11 +13,13 @@ same checkpointable (offset) state.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 from collections.abc import Callable, Iterator, Sequence
 
 import grain
+import ml_collections
 import numpy as np
 
 from vmjax.data import tfrecord, yt8m
@@ -90,42 +92,83 @@ def shard_files(files: Sequence[str], process_index: int, process_count: int) ->
     return list(files[process_index::process_count])
 
 
-def make_decoder(level: str, num_classes: int, max_frames: int) -> Callable:
+@dataclasses.dataclass(frozen=True)
+class BatchSpec:
+    """What a batch holds: the data fields of the config that shape it."""
+
+    level: str  # 'frame' or 'video'
+    num_classes: int
+    max_frames: int  # frame level: frames kept and padded to
+    max_text_tokens: int  # text_tokens kept and padded to
+    text_vocab_size: int  # token ids must lie in [0, text_vocab_size)
+
+    def __post_init__(self):
+        if self.level not in LEVELS:
+            raise ValueError(f"data.level must be one of {LEVELS}, got {self.level!r}")
+
+    @classmethod
+    def from_config(cls, data: ml_collections.ConfigDict) -> BatchSpec:
+        return cls(
+            level=data.level,
+            num_classes=data.num_classes,
+            max_frames=data.max_frames,
+            max_text_tokens=data.max_text_tokens,
+            text_vocab_size=data.text_vocab_size,
+        )
+
+
+def make_decoder(spec: BatchSpec) -> Callable:
     """Returns a function (path, index, offset, payload) -> example dict."""
-    if level not in LEVELS:
-        raise ValueError(f"data.level must be one of {LEVELS}, got {level!r}")
 
     def decode(item):
         path, index, offset, payload = item
-        where = {"path": path, "index": index, "offset": offset, "num_classes": num_classes}
-        if level == "video":
+        where = {"path": path, "index": index, "offset": offset, "num_classes": spec.num_classes}
+        if spec.level == "video":
             ex = yt8m.decode_video_example(payload, **where)
-            return {"rgb": ex["mean_rgb"], "audio": ex["mean_audio"], "labels": ex["labels"]}
-        ex = yt8m.decode_frame_example(payload, **where)
-        # The official reader keeps the first max_frames frames and reports min(T, max_frames).
-        return {
-            "rgb": ex["rgb"][:max_frames],
-            "audio": ex["audio"][:max_frames],
-            "labels": ex["labels"],
-        }
+            out = {"rgb": ex["mean_rgb"], "audio": ex["mean_audio"]}
+        else:
+            ex = yt8m.decode_frame_example(payload, **where)
+            # The official reader keeps the first max_frames frames, num_frames = min(T, max).
+            out = {"rgb": ex["rgb"][: spec.max_frames], "audio": ex["audio"][: spec.max_frames]}
+        tokens = ex["text_tokens"]
+        bad = (tokens < 0) | (tokens >= spec.text_vocab_size)
+        if bad.any():
+            raise tfrecord.RecordError(
+                path,
+                index,
+                offset,
+                "text_tokens",
+                f"token {tokens[bad][0]} is outside [0, {spec.text_vocab_size}) "
+                "(config.data.text_vocab_size)",
+            )
+        out["text_tokens"] = tokens[: spec.max_text_tokens]
+        out["labels"] = ex["labels"]
+        return out
 
     return decode
 
 
-def make_collate(
-    level: str, num_classes: int, max_frames: int, batch_size: int
-) -> Callable[[Sequence[dict]], dict]:
+def make_collate(spec: BatchSpec, batch_size: int) -> Callable[[Sequence[dict]], dict]:
     """Stacks examples into a batch padded to `batch_size` rows (weights 0 on padding)."""
 
     def collate(examples: Sequence[dict]) -> dict:
         n = len(examples)
-        labels = np.zeros((batch_size, num_classes), np.uint8)
+        labels = np.zeros((batch_size, spec.num_classes), np.uint8)
+        text_tokens = np.zeros((batch_size, spec.max_text_tokens), np.int32)
+        num_tokens = np.zeros(batch_size, np.int32)
         for row, ex in enumerate(examples):
             labels[row, ex["labels"]] = 1
+            num_tokens[row] = len(ex["text_tokens"])
+            text_tokens[row, : num_tokens[row]] = ex["text_tokens"]
         weights = np.zeros(batch_size, np.float32)
         weights[:n] = 1
-        batch = {"labels": labels, "weights": weights}
-        if level == "video":
+        batch = {
+            "labels": labels,
+            "weights": weights,
+            "text_tokens": text_tokens,
+            "text_mask": np.arange(spec.max_text_tokens)[None, :] < num_tokens[:, None],
+        }
+        if spec.level == "video":
             for key in ("rgb", "audio"):
                 out = np.zeros((batch_size, examples[0][key].shape[-1]), np.float32)
                 out[:n] = [ex[key] for ex in examples]
@@ -137,24 +180,37 @@ def make_collate(
         is_float = any(ex["rgb"].dtype != np.uint8 for ex in examples)
         for key in ("rgb", "audio"):
             dim = examples[0][key].shape[-1]
-            out = np.zeros((batch_size, max_frames, dim), np.float32 if is_float else np.uint8)
+            out = np.zeros((batch_size, spec.max_frames, dim), np.float32 if is_float else np.uint8)
             for row, ex in enumerate(examples):
                 x = ex[key]
                 out[row, : len(x)] = yt8m.dequantize(x) if is_float and x.dtype == np.uint8 else x
             batch[key] = out
         batch["num_frames"] = num_frames
-        batch["mask"] = np.arange(max_frames)[None, :] < num_frames[:, None]
+        batch["mask"] = np.arange(spec.max_frames)[None, :] < num_frames[:, None]
         return batch
 
     return collate
 
 
+def example_batch(spec: BatchSpec, batch_size: int = 1) -> dict:
+    """A zero batch with the shapes and dtypes the pipeline produces (for initialisation)."""
+    if spec.level == "video":
+        rgb, audio = np.zeros(yt8m.RGB_DIM, np.float32), np.zeros(yt8m.AUDIO_DIM, np.float32)
+    else:
+        rgb, audio = np.zeros((1, yt8m.RGB_DIM), np.uint8), np.zeros((1, yt8m.AUDIO_DIM), np.uint8)
+    example = {
+        "rgb": rgb,
+        "audio": audio,
+        "text_tokens": np.zeros(0, np.int64),
+        "labels": np.zeros(0, np.int64),
+    }
+    return make_collate(spec, batch_size)([example])
+
+
 def train_dataset(
     files: Sequence[str],
+    spec: BatchSpec,
     *,
-    level: str,
-    num_classes: int,
-    max_frames: int,
     batch_size: int,
     seed: int,
     shuffle_buffer: int,
@@ -166,27 +222,21 @@ def train_dataset(
     ds = grain.experimental.InterleaveIterDataset(
         files_ds.map(RecordFileDataset), cycle_length=min(cycle_length, len(files))
     )
-    ds = ds.map(make_decoder(level, num_classes, max_frames))
+    ds = ds.map(make_decoder(spec))
     if shuffle_buffer > 1:
         ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=shuffle_buffer, seed=seed)
-    ds = ds.batch(
-        batch_size,
-        drop_remainder=True,
-        batch_fn=make_collate(level, num_classes, max_frames, batch_size),
-    )
+    ds = ds.batch(batch_size, drop_remainder=True, batch_fn=make_collate(spec, batch_size))
     if prefetch:
         ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch)
     return ds
 
 
-def eval_batches(
-    files: Sequence[str], *, level: str, num_classes: int, max_frames: int, batch_size: int
-) -> Iterator[dict]:
+def eval_batches(files: Sequence[str], spec: BatchSpec, *, batch_size: int) -> Iterator[dict]:
     """One ordered pass over `files`; the last batch is padded with zero weights."""
     ds = grain.experimental.InterleaveIterDataset(
         grain.MapDataset.source(list(files)).map(RecordFileDataset), cycle_length=1
     )
-    ds = ds.map(make_decoder(level, num_classes, max_frames))
-    ds = ds.batch(batch_size, batch_fn=make_collate(level, num_classes, max_frames, batch_size))
+    ds = ds.map(make_decoder(spec))
+    ds = ds.batch(batch_size, batch_fn=make_collate(spec, batch_size))
     ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=2)
     return iter(ds)

@@ -9,18 +9,17 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
 from absl import logging
 
 from vmjax import metrics
-from vmjax.data import pipeline, synthetic, yt8m
+from vmjax.data import pipeline, synthetic
 from vmjax.models import build_model
 from vmjax.train import state as state_lib
 from vmjax.train.checkpoint import Checkpointer
-from vmjax.train.step import eval_step, train_step
+from vmjax.train.step import eval_step, model_inputs, train_step
 
 
 def resolve_data(config: ml_collections.ConfigDict) -> tuple[list[str], list[str], str | None]:
@@ -44,30 +43,13 @@ def resolve_data(config: ml_collections.ConfigDict) -> tuple[list[str], list[str
     )
 
 
-def example_inputs(level: str, max_frames: int) -> dict:
-    """Zero inputs with the model's input shapes, for parameter initialisation."""
-    if level == "video":
-        return {"rgb": jnp.zeros((1, yt8m.RGB_DIM)), "audio": jnp.zeros((1, yt8m.AUDIO_DIM))}
-    return {
-        "rgb": jnp.zeros((1, max_frames, yt8m.RGB_DIM)),
-        "audio": jnp.zeros((1, max_frames, yt8m.AUDIO_DIM)),
-        "mask": jnp.ones((1, max_frames), bool),
-    }
-
-
 def evaluate(eval_fn, params, files: list[str], config: ml_collections.ConfigDict) -> dict:
     """GAP@20, mAP, Hit@1, PERR and mean loss over one pass of `files`."""
-    d = config.data
-    evaluator = metrics.Evaluator(d.num_classes)
+    spec = pipeline.BatchSpec.from_config(config.data)
+    evaluator = metrics.Evaluator(spec.num_classes)
     loss_sum = count = 0.0
     batch_size = config.eval_batch_size // jax.process_count()
-    for batch in pipeline.eval_batches(
-        files,
-        level=d.level,
-        num_classes=d.num_classes,
-        max_frames=d.max_frames,
-        batch_size=batch_size,
-    ):
+    for batch in pipeline.eval_batches(files, spec, batch_size=batch_size):
         out = jax.device_get(eval_fn(params, batch))
         evaluator.update(np.asarray(out["scores"]), batch["labels"], weights=batch["weights"])
         loss_sum += float(out["loss_sum"])
@@ -122,22 +104,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     model = build_model(config.model, d.num_classes)
     tx = state_lib.make_optimizer(config.optimizer, config.num_train_steps)
     base_rng, init_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-    state = state_lib.create_train_state(model, tx, example_inputs(d.level, d.max_frames), init_rng)
+    spec = pipeline.BatchSpec.from_config(d)
+    init_inputs = model_inputs(pipeline.example_batch(spec))
+    state = state_lib.create_train_state(model, tx, init_inputs, init_rng)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info("Model %s: %s parameters", config.model.name, f"{num_params:,}")
 
     my_files = pipeline.shard_files(train_files, jax.process_index(), jax.process_count())
     train_ds = pipeline.train_dataset(
         my_files,
-        level=d.level,
-        num_classes=d.num_classes,
-        max_frames=d.max_frames,
+        spec,
         batch_size=config.batch_size // jax.process_count(),
         seed=config.seed,
         shuffle_buffer=d.shuffle_buffer,
         cycle_length=d.cycle_length,
         prefetch=d.prefetch,
     )
+
     train_iter = iter(train_ds)
     my_eval_files = pipeline.shard_files(eval_files, jax.process_index(), jax.process_count())
 

@@ -16,8 +16,9 @@ def model_inputs(batch: dict) -> dict:
     for key in ("rgb", "audio"):
         x = batch[key]
         inputs[key] = yt8m.dequantize(x, xp=jnp) if x.dtype == jnp.uint8 else x.astype(jnp.float32)
-    if "mask" in batch:
-        inputs["mask"] = batch["mask"]
+    for key in ("mask", "text_tokens", "text_mask"):
+        if key in batch:
+            inputs[key] = batch[key]
     return inputs
 
 
