@@ -100,7 +100,7 @@ def test_padding_rows_do_not_change_the_update():
 def test_eval_step_scores_are_probabilities():
     model, _, state = _setup()
     batch = _batch(np.random.default_rng(2), 5, pad=1)
-    out = eval_step(state.params, batch, model=model)
+    out = eval_step(state, batch, model=model)
     logits = model.apply({"params": state.params}, model_inputs(batch), train=False)
     np.testing.assert_allclose(out["scores"], jax.nn.sigmoid(logits), rtol=1e-6)
     want = (_bce(np.asarray(logits), batch["labels"]).sum(1) * batch["weights"]).sum()

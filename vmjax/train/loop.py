@@ -43,14 +43,14 @@ def resolve_data(config: ml_collections.ConfigDict) -> tuple[list[str], list[str
     )
 
 
-def evaluate(eval_fn, params, files: list[str], config: ml_collections.ConfigDict) -> dict:
+def evaluate(eval_fn, state, files: list[str], config: ml_collections.ConfigDict) -> dict:
     """GAP@20, mAP, Hit@1, PERR and mean loss over one pass of `files`."""
     spec = pipeline.BatchSpec.from_config(config.data)
     evaluator = metrics.Evaluator(spec.num_classes)
     loss_sum = count = 0.0
     batch_size = config.eval_batch_size // jax.process_count()
     for batch in pipeline.eval_batches(files, spec, batch_size=batch_size):
-        out = jax.device_get(eval_fn(params, batch))
+        out = jax.device_get(eval_fn(state, batch))
         evaluator.update(np.asarray(out["scores"]), batch["labels"], weights=batch["weights"])
         loss_sum += float(out["loss_sum"])
         count += float(out["count"])
@@ -183,7 +183,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     writer.add_scalar("train/grad_norm", float(train_metrics["grad_norm"]), step)
                     writer.add_scalar("train/examples_per_s", rate, step)
             if step % config.eval_every == 0 or step == config.num_train_steps:
-                last_eval = {"step": step, **evaluate(eval_fn, state.params, my_eval_files, config)}
+                last_eval = {"step": step, **evaluate(eval_fn, state, my_eval_files, config)}
                 if oracle:
                     last_eval["oracle_gap"] = oracle["gap"]
                 if is_main:

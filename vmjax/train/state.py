@@ -18,6 +18,7 @@ class TrainState:
     step: jax.Array
     params: Any
     opt_state: Any
+    model_state: Any  # non-parameter collections, e.g. {'batch_stats': ...}; {} if none
 
 
 def make_optimizer(
@@ -46,5 +47,11 @@ def create_train_state(
     model, tx: optax.GradientTransformation, example_inputs: dict, rng: jax.Array
 ) -> TrainState:
     """Initialises parameters from example inputs and the optimizer state."""
-    params = model.init(rng, example_inputs, train=False)["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    variables = dict(model.init(rng, example_inputs, train=False))
+    params = variables.pop("params")
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        model_state=variables,
+    )

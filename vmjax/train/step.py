@@ -33,24 +33,32 @@ def weighted_loss(
 def train_step(
     state: TrainState, batch: dict, rng: jax.Array, *, model, tx: optax.GradientTransformation
 ) -> tuple[TrainState, dict]:
-    """One optimizer step on the mean per-video loss."""
+    """One optimizer step on the mean per-video loss; updates batch statistics if any."""
+    mutable = list(state.model_state)
 
     def loss_fn(params):
-        logits = model.apply(
-            {"params": params}, model_inputs(batch), train=True, rngs={"dropout": rng}
+        logits, new_model_state = model.apply(
+            {"params": params, **state.model_state},
+            model_inputs(batch),
+            train=True,
+            rngs={"dropout": rng},
+            mutable=mutable,
         )
         total, count = weighted_loss(logits, batch["labels"], batch["weights"])
-        return total / jnp.maximum(count, 1.0)
+        return total / jnp.maximum(count, 1.0), new_model_state
 
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    new_state = state.replace(
+        step=state.step + 1, params=params, opt_state=opt_state, model_state=dict(model_state)
+    )
     return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
 
-def eval_step(params, batch: dict, *, model) -> dict:
+def eval_step(state: TrainState, batch: dict, *, model) -> dict:
     """Class probabilities and the summed loss of a batch (padding rows weigh 0)."""
-    logits = model.apply({"params": params}, model_inputs(batch), train=False)
+    variables = {"params": state.params, **state.model_state}
+    logits = model.apply(variables, model_inputs(batch), train=False)
     total, count = weighted_loss(logits, batch["labels"], batch["weights"])
     return {"scores": jax.nn.sigmoid(logits), "loss_sum": total, "count": count}
