@@ -6,6 +6,7 @@ import logging
 import os
 import pathlib
 
+import numpy as np
 import pytest
 
 from vmjax.train import loop
@@ -54,7 +55,8 @@ def test_smoke_run_writes_metrics_checkpoints_config_and_events(tmp_path, arg):
     )
     lines = _metrics(workdir)
     assert [m["step"] for m in lines] == [3, 6]
-    assert set(lines[0]) == {"step", "gap", "map", "hit_at_1", "perr", "loss"}
+    kinds = {f"gap_{k}" for k in ("visual", "audio", "cross_modal", "temporal", "text")}
+    assert set(lines[0]) == {"step", "gap", "map", "hit_at_1", "perr", "loss"} | kinds
     assert all(0 <= m["gap"] <= 1 and m["loss"] > 0 for m in lines)
     assert result["step"] == 6 and result["num_videos"] == 40
     assert 0.5 < result["oracle_gap"] < 1
@@ -128,3 +130,28 @@ def test_bad_data_config_fails_fast(tmp_path):
             ),
             str(tmp_path / "w"),
         )
+
+
+def test_evaluate_per_class_group_gap_matches_metrics_on_the_columns(tmp_path):
+    from vmjax import metrics
+    from vmjax.data import synthetic
+
+    c = _small(tmp_path)
+    _, eval_files, data_dir = loop.resolve_data(c)
+    groups = synthetic.class_kinds(data_dir)
+    rng = np.random.default_rng(0)
+    seen = []
+
+    def eval_fn(state, batch):  # a stand-in model: noisy labels as scores
+        scores = batch["labels"] * 0.5 + rng.random(batch["labels"].shape) * 0.6
+        seen.append((scores[batch["weights"] > 0], batch["labels"][batch["weights"] > 0]))
+        return {"scores": scores, "loss_sum": 0.0, "count": batch["weights"].sum()}
+
+    result = loop.evaluate(eval_fn, None, eval_files, c, groups)
+    scores = np.concatenate([s for s, _ in seen])
+    labels = np.concatenate([y for _, y in seen])
+    assert len(scores) == 40
+    assert result["gap"] == pytest.approx(metrics.gap(scores, labels))
+    for kind, cols in groups.items():
+        want = metrics.gap(scores[:, cols], labels[:, cols])
+        assert result[f"gap_{kind}"] == pytest.approx(want)

@@ -441,6 +441,16 @@ def patterns(data_dir: str, level: str) -> tuple[str, str]:
     )
 
 
+def class_kinds(data_dir: str) -> dict[str, np.ndarray]:
+    """Kind name -> class indices of a generated dataset (from its classes.csv)."""
+    with open(os.path.join(data_dir, "classes.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {
+        kind: np.array([int(r["Index"]) for r in rows if r["Kind"] == kind], np.int64)
+        for kind in KINDS
+    }
+
+
 def read_oracle(data_dir: str) -> dict:
     with open(os.path.join(data_dir, "oracle.json")) as f:
         return json.load(f)

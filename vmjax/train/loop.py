@@ -43,19 +43,37 @@ def resolve_data(config: ml_collections.ConfigDict) -> tuple[list[str], list[str
     )
 
 
-def evaluate(eval_fn, state, files: list[str], config: ml_collections.ConfigDict) -> dict:
-    """GAP@20, mAP, Hit@1, PERR and mean loss over one pass of `files`."""
+def evaluate(
+    eval_fn,
+    state,
+    files: list[str],
+    config: ml_collections.ConfigDict,
+    class_groups: dict[str, np.ndarray] | None = None,
+) -> dict:
+    """GAP@20, mAP, Hit@1, PERR and mean loss over one pass of `files`.
+
+    With `class_groups` (name -> class indices), also `gap_<name>`: GAP@20 over those
+    classes' columns only (e.g. per class kind of the embedded data).
+    """
     spec = pipeline.BatchSpec.from_config(config.data)
     evaluator = metrics.Evaluator(spec.num_classes)
+    groups = {
+        name: (cols, metrics.Evaluator(len(cols)))
+        for name, cols in (class_groups or {}).items()
+        if len(cols)
+    }
     loss_sum = count = 0.0
     batch_size = config.eval_batch_size // jax.process_count()
     for batch in pipeline.eval_batches(files, spec, batch_size=batch_size):
         out = jax.device_get(eval_fn(state, batch))
-        evaluator.update(np.asarray(out["scores"]), batch["labels"], weights=batch["weights"])
+        scores = np.asarray(out["scores"])
+        evaluator.update(scores, batch["labels"], weights=batch["weights"])
+        for cols, group in groups.values():
+            group.update(scores[:, cols], batch["labels"][:, cols], weights=batch["weights"])
         loss_sum += float(out["loss_sum"])
         count += float(out["count"])
     result = evaluator.result()
-    return {
+    out = {
         "gap": result["gap"],
         "map": result["map"],
         "hit_at_1": result["hit_at_1"],
@@ -63,6 +81,9 @@ def evaluate(eval_fn, state, files: list[str], config: ml_collections.ConfigDict
         "loss": loss_sum / max(count, 1.0),
         "num_videos": int(result["num_videos"]),
     }
+    for name, (_, group) in groups.items():
+        out[f"gap_{name}"] = group.result()["gap"]
+    return out
 
 
 def _write_config(
@@ -147,6 +168,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
         writer = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
     oracle = synthetic.read_oracle(data_dir) if data_dir else None
+    kinds = synthetic.class_kinds(data_dir) if data_dir else None
 
     step = int(state.step)
     last_eval = None
@@ -183,9 +205,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     writer.add_scalar("train/grad_norm", float(train_metrics["grad_norm"]), step)
                     writer.add_scalar("train/examples_per_s", rate, step)
             if step % config.eval_every == 0 or step == config.num_train_steps:
-                last_eval = {"step": step, **evaluate(eval_fn, state, my_eval_files, config)}
+                last_eval = {"step": step, **evaluate(eval_fn, state, my_eval_files, config, kinds)}
                 if oracle:
                     last_eval["oracle_gap"] = oracle["gap"]
+                    for kind in synthetic.KINDS:
+                        last_eval[f"oracle_gap_{kind}"] = oracle[f"gap_{kind}"]
                 if is_main:
                     _log_eval(last_eval, workdir, writer, progress)
             if step % config.checkpoint_every == 0 or step == config.num_train_steps:
@@ -203,11 +227,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _log_eval(result: dict, workdir: str, writer, progress) -> None:
-    line = {k: result[k] for k in ("step", "gap", "map", "hit_at_1", "perr", "loss")}
+    keys = ["step", "gap", "map", "hit_at_1", "perr", "loss"]
+    keys += [k for k in result if k.startswith("gap_")]  # per class kind, on embedded data
+    line = {k: result[k] for k in keys}
     with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
         f.write(json.dumps(line) + "\n")
     if writer:
-        for k in ("gap", "map", "hit_at_1", "perr", "loss"):
+        for k in keys[1:]:
             writer.add_scalar(f"eval/{k}", result[k], result["step"])
         writer.flush()
     msg = (
@@ -220,6 +246,9 @@ def _log_eval(result: dict, workdir: str, writer, progress) -> None:
             f"  | oracle GAP {result['oracle_gap']:.4f}, "
             f"ratio {result['gap'] / result['oracle_gap']:.3f}"
         )
+    per_kind = [k for k in keys if k.startswith("gap_")]
+    if per_kind:
+        msg += "\n  GAP by class kind: " + "  ".join(f"{k[4:]} {result[k]:.3f}" for k in per_kind)
     progress.write(msg)
     logging.info(msg)
 
