@@ -41,7 +41,11 @@ def _config(name: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({"name": name, "num_mixtures": 2})
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+# The three MoE/logistic classifiers; the rest of the zoo is tested from its presets in test_zoo.
+BASIC = ("frame_moe", "logistic", "moe")
+
+
+@pytest.mark.parametrize("name", BASIC)
 def test_build_model_runs(name):
     model = build_model(_config(name), NUM_CLASSES)
     assert isinstance(model, MODELS[name])
@@ -52,7 +56,7 @@ def test_build_model_runs(name):
     assert bool(jnp.all(jnp.isfinite(logits)))
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", BASIC)
 def test_bce_grad_is_finite(name):
     model = build_model(_config(name), NUM_CLASSES)
     inputs = _batch_for(name)

@@ -3,8 +3,9 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from vmjax.models.heads import LogisticHead, MoEHead
+from vmjax.models.heads import ContextGating, LogisticHead, MoEHead
 from vmjax.models.pooling import masked_max, masked_mean
 
 C, M, D, B = 7, 3, 11, 5
@@ -113,3 +114,54 @@ def test_masked_max_matches_numpy():
     x[~mask] = 1e9  # Would win the max if the mask were ignored.
     want = np.stack([x[i][mask[i]].max(0) if mask[i].any() else np.zeros(3) for i in range(4)])
     np.testing.assert_array_equal(np.asarray(masked_max(jnp.asarray(x), mask)), want)
+
+
+def _init_gating(use_bn: bool, x: np.ndarray) -> tuple[ContextGating, dict]:
+    gating = ContextGating(use_bn=use_bn)
+    variables = gating.init(jax.random.key(0), jnp.asarray(x), train=False)
+    rng = np.random.default_rng(9)
+    variables = jax.tree.map(lambda v: v + 0.3 * rng.normal(size=v.shape), variables)
+    if use_bn:  # Running variances must stay positive.
+        variables["batch_stats"]["gates_bn"]["var"] = rng.uniform(0.5, 2.0, size=D)
+    return gating, jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), variables)
+
+
+def test_context_gating_matches_numpy():
+    x = np.random.default_rng(7).normal(size=(B, D)).astype(np.float32)
+    gating, variables = _init_gating(False, x)
+    y = np.asarray(gating.apply(variables, x, train=True))
+    w, b = (np.asarray(variables["params"]["gates"][k], np.float64) for k in ("kernel", "bias"))
+    assert y.shape == x.shape
+    np.testing.assert_allclose(y, _sigmoid(x @ w + b) * x, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_context_gating_with_batch_norm_matches_numpy(train: bool):
+    x = np.random.default_rng(8).normal(size=(B, D)).astype(np.float32)
+    gating, variables = _init_gating(True, x)
+    if train:
+        y, _ = gating.apply(variables, x, train=True, mutable=["batch_stats"])
+    else:
+        y = gating.apply(variables, x, train=False)
+    params = jax.tree.map(lambda v: np.asarray(v, np.float64), variables["params"])
+    stats = jax.tree.map(lambda v: np.asarray(v, np.float64), variables["batch_stats"])
+    assert "bias" not in params["gates"]  # The BN offset replaces it, as in the starter.
+    z = x.astype(np.float64) @ params["gates"]["kernel"]
+    mean, var = (
+        (z.mean(0), z.var(0)) if train else (stats["gates_bn"]["mean"], stats["gates_bn"]["var"])
+    )
+    z = (z - mean) / np.sqrt(var + 1e-5) * params["gates_bn"]["scale"] + params["gates_bn"]["bias"]
+    np.testing.assert_allclose(np.asarray(y), _sigmoid(z) * x, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("use_bn", [False, True])
+def test_context_gating_jitted_grad_is_finite(use_bn: bool):
+    x = np.random.default_rng(9).normal(size=(B, D)).astype(np.float32)
+    gating, variables = _init_gating(use_bn, x)
+
+    def loss(params):
+        y, _ = gating.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+        return jnp.sum(jnp.sin(y))
+
+    grads = jax.tree.leaves(jax.jit(jax.grad(loss))(variables["params"]))
+    assert all(np.all(np.isfinite(g)) for g in grads) and any(np.any(g != 0) for g in grads)

@@ -51,3 +51,19 @@ class MoEHead(nn.Module):
             axis=-1,
         )
         return log_p - log_not_p
+
+
+class ContextGating(nn.Module):
+    """Context gating (Miech et al. 2017): y = sigmoid(W x + b) * x, same dimension as x.
+
+    With use_bn, as the starter's gating_batch_norm, b is replaced by batch norm on W x.
+    """
+
+    use_bn: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        gates = nn.Dense(x.shape[-1], use_bias=not self.use_bn, name="gates")(x)
+        if self.use_bn:
+            gates = nn.BatchNorm(use_running_average=not train, name="gates_bn")(gates)
+        return jax.nn.sigmoid(gates) * x

@@ -1,0 +1,306 @@
+"""ViViT: embeddings against numpy, the four variants' shapes, masking and factorisation."""
+
+import dataclasses
+import functools
+import importlib.util
+import pathlib
+from collections.abc import Callable
+
+import einops
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vmjax.models.vivit import (
+    VARIANTS,
+    FactorisedDotProductBlock,
+    FactorisedSelfAttentionBlock,
+    FrameFeatureEmbedding,
+    TubeletEmbedding,
+    ViViT,
+    ViViTEncoder,
+)
+
+HIDDEN = 32
+# Models 3 and 4 have no CLS token. spatio_temporal's mean pooling is the masked token mean of
+# Models 3 and 4, so only the factorised encoder's (frame means, then masked) is checked too.
+VARIANT_POOLINGS = [
+    ("spatio_temporal", "cls"),
+    ("factorised_encoder", "cls"),
+    ("factorised_encoder", "mean"),
+    ("factorised_self_attention", "mean"),
+    ("factorised_dot_product", "mean"),
+]
+
+
+def _params(model, *args, **kwargs) -> dict:
+    """Random params of `init`'s shapes: running the initialisers eagerly compiles one XLA
+    program per parameter shape, which would dominate these CPU tests."""
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *args, **kwargs))["params"]
+    rng = np.random.default_rng(0)
+
+    def fill(path, s):
+        gain = 1.0 if path[-1].key == "scale" else 0.0  # LayerNorm gains around 1.
+        return jnp.asarray(gain + rng.normal(scale=0.2, size=s.shape), s.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def _pooling(variant: str) -> str:
+    return (
+        "mean" if variant.startswith("factorised_") and variant != "factorised_encoder" else "cls"
+    )
+
+
+def _encoder(variant: str, pooling: str | None = None, **kwargs) -> ViViTEncoder:
+    defaults = dict(
+        variant=variant,
+        num_layers=1,
+        hidden_size=HIDDEN,
+        num_heads=4,
+        mlp_dim=64,
+        num_temporal_layers=1,
+        pooling=pooling or _pooling(variant),
+        patch_size=(2, 16, 16),
+    )
+    return ViViTEncoder(**(defaults | kwargs))
+
+
+def _frames(t: int = 4, f: int = 64) -> tuple[jax.Array, jax.Array]:
+    """Frame features `[3, t, f]` with rows of t, 2 and 0 valid frames."""
+    rng = np.random.default_rng(0)
+    mask = np.zeros((3, t), bool)
+    mask[0], mask[1, :2] = True, True
+    return jnp.asarray(rng.normal(size=(3, t, f)), jnp.float32), jnp.asarray(mask)
+
+
+def test_tubelet_embedding_is_a_patch_projection():
+    b, t, h, w, c, (pt, ph, pw) = 2, 4, 8, 12, 3, (2, 4, 4)
+    video = np.random.default_rng(0).normal(size=(b, t, h, w, c)).astype(np.float32)
+    model = TubeletEmbedding(HIDDEN, (pt, ph, pw))
+    params = _params(model, video)
+    tokens = np.asarray(model.apply({"params": params}, video))
+
+    nt, nh, nw = t // pt, h // ph, w // pw
+    assert tokens.shape == (b, nt, nh * nw, HIDDEN)
+    tubelets = video.reshape(b, nt, pt, nh, ph, nw, pw, c).transpose(0, 1, 3, 5, 2, 4, 6, 7)
+    tubelets = tubelets.reshape(b, nt, nh * nw, pt * ph * pw * c)
+    kernel = np.asarray(params["conv"]["kernel"]).reshape(pt * ph * pw * c, HIDDEN)
+    expected = tubelets @ kernel + np.asarray(params["conv"]["bias"])
+    np.testing.assert_allclose(tokens, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_tubelet_embedding_rejects_indivisible_shapes():
+    with pytest.raises(ValueError, match="not divisible"):
+        _params(TubeletEmbedding(HIDDEN, (2, 16, 16)), jnp.ones((1, 3, 32, 32, 3)))
+
+
+def test_frame_feature_embedding_splits_into_tokens():
+    frames, mask = _frames(t=10)
+    model = FrameFeatureEmbedding(HIDDEN, tokens_per_frame=3)
+    params = _params(model, frames, mask)
+    tokens = np.asarray(model.apply({"params": params}, frames, mask))
+    assert tokens.shape == (3, 10, 3, HIDDEN)
+    p = params["projection"]
+    dense = np.asarray(frames) @ np.asarray(p["kernel"]) + np.asarray(p["bias"])
+    np.testing.assert_allclose(tokens[0, :, 1], dense[0, :, HIDDEN : 2 * HIDDEN], atol=1e-5)
+    # Padded frames are zeroed before the projection: only the bias is left.
+    bias = np.asarray(p["bias"]).reshape(3, HIDDEN)
+    np.testing.assert_array_equal(tokens[2], np.broadcast_to(bias, (10, 3, HIDDEN)))
+
+    # NaN padding reaches neither the tokens nor the kernel's gradient (x^T dy). ViViT's own
+    # intermediates are then all finite, so its gradients are too.
+    nan_frames = jnp.where(mask[..., None], frames, jnp.nan)
+    grads = jax.grad(lambda p: jnp.sum(model.apply({"params": p}, nan_frames, mask) ** 2))(params)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_pixel_shapes(variant):
+    # Batch 3 and 4 x 4 tokens like the frame tests below, so eager ops compile once for all.
+    video = jnp.asarray(np.random.default_rng(0).normal(size=(3, 8, 32, 32, 3)), jnp.float32)
+    model = _encoder(variant)
+    variables = {"params": _params(model, video, train=False)}
+    out = model.apply(variables, video, train=True, rngs={"dropout": jax.random.key(1)})
+    assert out.shape == (3, HIDDEN) and bool(jnp.all(jnp.isfinite(out)))
+    # nt = T / pt = 4 time indices, ns = (H / ph) * (W / pw) = 4 spatial tokens.
+    vivit = variables["params"]["vivit"]
+    assert vivit["pos_embedding_time"].shape == (1, 4, 1, HIDDEN)
+    assert vivit["pos_embedding_space"].shape == (1, 1, 4, HIDDEN)
+
+    # A frame mask: row 1 keeps frames 0-3 (tubelets 0-1), row 2 frames 0-4 (tubelet 2 is
+    # partly real, so kept). Padded frames' pixels then change nothing.
+    mask = np.ones((3, 8), bool)
+    mask[1, 4:], mask[2, 5:] = False, False
+    mask = jnp.asarray(mask)
+    masked = model.apply(variables, video, mask, train=False)
+    np.testing.assert_allclose(masked[0], out[0], atol=1e-5)
+    other = jnp.where(mask[:, :, None, None, None], video, jnp.nan)
+    np.testing.assert_allclose(model.apply(variables, other, mask, train=False), masked, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_token_sequence_shapes(variant):
+    tokens = jnp.ones((3, 4, 4, HIDDEN))
+    model = ViViT(variant, 1, HIDDEN, 4, 64, num_temporal_layers=1, pooling=_pooling(variant))
+    variables = {"params": _params(model, tokens, train=False)}
+    pooled, out = model.apply(variables, tokens, train=False, return_tokens=True)
+    assert pooled.shape == (3, HIDDEN)
+    assert out.shape == ((3, 4, 1, HIDDEN) if variant == "factorised_encoder" else tokens.shape)
+
+
+@pytest.mark.parametrize("variant,pooling", VARIANT_POOLINGS)
+def test_padded_frames_change_nothing(variant, pooling):
+    frames, mask = _frames()
+    model = _encoder(variant, pooling, tokens_per_frame=4)
+    variables = {"params": _params(model, frames, mask, train=False)}
+    out = model.apply(variables, frames, mask, train=False)
+    assert out.shape == (3, HIDDEN) and bool(jnp.all(jnp.isfinite(out)))
+
+    # Other contents, NaN included, in the padded frames: identical outputs.
+    noisy = jnp.where(mask[..., None], frames, jnp.nan)
+    np.testing.assert_array_equal(model.apply(variables, noisy, mask, train=False), out)
+
+    # Padded frames still carry their positional embedding; moving it must not matter either,
+    # which fails if any valid token (or the pooling) looks at a padded time step.
+    params = jax.tree.map(lambda p: p, variables["params"])
+    pos = params["vivit"]["pos_embedding_time"]
+    noise = jax.random.normal(jax.random.key(1), pos[:, 2:].shape)
+    params["vivit"]["pos_embedding_time"] = pos.at[:, 2:].add(noise)
+    moved = model.apply({"params": params}, frames, mask, train=False)
+    np.testing.assert_allclose(moved[1:], out[1:], atol=1e-5)
+    assert not np.allclose(moved[0], out[0], atol=1e-3)  # Row 0 has every frame valid.
+
+
+@functools.cache
+def _jit_apply(block) -> Callable[[dict, jax.Array], jax.Array]:
+    """One compilation per block, shared by the parameter variants a test tries."""
+    return jax.jit(
+        lambda params, x: block.apply(
+            {"params": params}, x, jnp.ones(x.shape[:2], bool), train=False
+        )
+    )
+
+
+def _influence(block, params: dict, x: jax.Array) -> np.ndarray:
+    """Whether out[t, s] changes when only x[t', s'] does, as bool `[t, s, t', s']`."""
+    _, nt, ns, d = x.shape
+    # One forward pass: the input itself, then one copy per token with that token perturbed.
+    # Random directions, since LayerNorm would erase a constant shift.
+    delta = np.eye(nt * ns).reshape(nt * ns, nt, ns, 1) * np.random.default_rng(1).normal(size=d)
+    xs = jnp.concatenate([x, x + jnp.asarray(delta, x.dtype)])
+    out = np.asarray(_jit_apply(block)(params, xs))
+    change = np.abs(out[1:] - out[:1]).max(axis=-1)
+    return einops.rearrange(change > 1e-5, "(tp sp) t s -> t s tp sp", tp=nt)
+
+
+def _zero_out(params: dict, path: tuple[str, ...], heads: slice | None = None) -> dict:
+    """Copy of params with one attention's output projection zeroed (only `heads` if given)."""
+    params = jax.tree.map(lambda p: p, params)
+    node = params
+    for key in path:
+        node = node[key]
+    node["kernel"] = node["kernel"].at[heads or slice(None)].set(0)
+    if heads is None:
+        node["bias"] = jnp.zeros_like(node["bias"])
+    return params
+
+
+def _mixing(influence: np.ndarray) -> tuple[bool, bool, bool]:
+    """Whether outputs depend on tokens at (same t, other s), (other t, same s), (other t, s)."""
+    nt, ns = influence.shape[:2]
+    same_t = np.eye(nt, dtype=bool)[:, None, :, None]
+    same_s = np.eye(ns, dtype=bool)[None, :, None, :]
+    nonzero = influence
+    return (
+        bool(np.any(nonzero & same_t & ~same_s)),
+        bool(np.any(nonzero & ~same_t & same_s)),
+        bool(np.any(nonzero & ~same_t & ~same_s)),
+    )
+
+
+def test_factorised_self_attention_mixes_space_then_time():
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 3, 4, 8)), jnp.float32)
+    block = FactorisedSelfAttentionBlock(num_heads=2, mlp_dim=16)
+    params = _params(block, x, jnp.ones((1, 3), bool), train=False)
+    # Spatial step alone: mixes tokens of one time index only.
+    spatial_only = _zero_out(params, ("temporal_attention", "out"))
+    assert _mixing(_influence(block, spatial_only, x)) == (True, False, False)
+    temporal_only = _zero_out(params, ("spatial_attention", "out"))
+    assert _mixing(_influence(block, temporal_only, x)) == (False, True, False)
+    # Space then time composes: every token reaches every other one.
+    assert _mixing(_influence(block, params, x)) == (True, True, True)
+
+
+def test_factorised_dot_product_splits_heads():
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 3, 4, 8)), jnp.float32)
+    block = FactorisedDotProductBlock(num_heads=4, mlp_dim=16)
+    params = _params(block, x, jnp.ones((1, 3), bool), train=False)
+    assert params["attention"]["query"]["kernel"].shape == (8, 4, 2)
+    assert params["attention"]["out"]["kernel"].shape == (4, 2, 8)
+    out = ("attention", "out")
+    # Heads 0-1 are spatial, heads 2-3 temporal.
+    assert _mixing(_influence(block, _zero_out(params, out, slice(2, 4)), x)) == (
+        True,
+        False,
+        False,
+    )
+    assert _mixing(_influence(block, _zero_out(params, out, slice(0, 2)), x)) == (
+        False,
+        True,
+        False,
+    )
+    # Heads run side by side, not in sequence: nothing reaches across both time and space.
+    assert _mixing(_influence(block, params, x)) == (True, True, False)
+
+
+def test_rejects_cls_without_a_cls_token_and_odd_heads():
+    tokens = jnp.ones((1, 2, 2, HIDDEN))
+    with pytest.raises(ValueError, match="pooling='mean'"):
+        _params(
+            ViViT("factorised_self_attention", 1, HIDDEN, 4, 64, pooling="cls"), tokens, train=False
+        )
+    with pytest.raises(ValueError, match="even num_heads"):
+        _params(
+            ViViT("factorised_dot_product", 1, HIDDEN, 1, 64, pooling="mean"), tokens, train=False
+        )
+    with pytest.raises(ValueError, match="unknown"):
+        _params(ViViT("divided", 1, HIDDEN, 4, 64), tokens, train=False)
+
+
+def _load_config(arg: str | None = None):
+    path = pathlib.Path(__file__).parents[2] / "configs" / "vivit_k400.py"
+    spec = importlib.util.spec_from_file_location("vivit_k400", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_k400_config_builds_every_variant(variant):
+    config = _load_config()
+    assert config.model.name == "vivit" and config.data.input == "pixels"
+    config.model.variant = variant
+    config.model.pooling = _pooling(variant)
+    # Every hyper-parameter of ViViTEncoder comes from the config, as build_model will do.
+    fields = [f.name for f in dataclasses.fields(ViViTEncoder) if f.name not in ("parent", "name")]
+    model = ViViTEncoder(**{k: config.model[k] for k in fields})
+    d = config.data
+    video = jax.ShapeDtypeStruct((1, d.num_frames, d.image_size, d.image_size, 3), jnp.float32)
+    # Shapes only: nothing of ViViT-B's ~100M parameters is materialised.
+    out, variables = jax.eval_shape(
+        lambda v: model.init_with_output(jax.random.key(0), v, train=False), video
+    )
+    assert out.shape == (1, config.model.hidden_size)
+    pt, ph, pw = config.model.patch_size
+    nt, ns = d.num_frames // pt, (d.image_size // ph) * (d.image_size // pw)
+    assert (nt, ns) == (16, 196)
+    assert variables["params"]["vivit"]["pos_embedding_time"].shape == (1, nt, 1, 768)
+    assert variables["params"]["vivit"]["pos_embedding_space"].shape == (1, 1, ns, 768)
+
+
+def test_k400_config_presets():
+    assert _load_config("fe").model.variant == "factorised_encoder"
+    with pytest.raises(ValueError, match="unknown preset"):
+        _load_config("huge")
