@@ -12,7 +12,19 @@ Presets after the colon combine with commas: `configs/yt8m.py:frame,smoke`.
 
 import ml_collections
 
-PRESETS = ("smoke", "frame")
+MODEL_PRESETS = (
+    "logistic",
+    "moe",
+    "frame_logistic",
+    "frame_moe",
+    "dbof",
+    "lstm",
+    "netvlad",
+    "nextvlad",
+    "vivit",
+    "multimodal",
+)
+PRESETS = ("smoke", "frame") + MODEL_PRESETS
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -53,8 +65,35 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.synthetic.max_frames = 48
 
     c.model = ml_collections.ConfigDict()
-    c.model.name = "moe"  # 'logistic' | 'moe' (video level) | 'frame_moe' (frame level)
+    c.model.name = "moe"  # a name in vmjax.models.MODELS (the presets below set it with the level)
     c.model.num_mixtures = 2  # MoE experts per class (plus the dummy expert)
+    c.model.hidden_size = 1024  # lstm / dbof hidden / VLAD hidden layer / multimodal width
+    c.model.num_layers = 2  # lstm: stacked layers (starter: 2 x 1024)
+    c.model.cluster_size = 8192  # dbof: clusters (starter default)
+    c.model.num_clusters = 64  # netvlad / nextvlad: clusters over rgb frames
+    c.model.audio_clusters = 32  # netvlad / nextvlad: clusters over audio frames
+    c.model.expansion = 2  # nextvlad: lambda, the width expansion
+    c.model.groups = 8  # nextvlad: G, the number of groups
+    c.model.dropout = 0.0  # netvlad / nextvlad: dropout before the hidden layer
+    c.model.vivit = ml_collections.ConfigDict()  # vivit, and multimodal's rgb encoder
+    c.model.vivit.variant = (
+        "spatio_temporal"  # or factorised_encoder / _self_attention / _dot_product
+    )
+    c.model.vivit.hidden_size = 256  # token width
+    c.model.vivit.num_layers = 4  # transformer blocks (spatial ones for factorised_encoder)
+    c.model.vivit.num_heads = 4  # attention heads
+    c.model.vivit.mlp_dim = 512  # MLP width inside each block
+    c.model.vivit.num_temporal_layers = 2  # factorised_encoder: temporal encoder blocks
+    c.model.vivit.pooling = "cls"  # cls or mean (factorised self-attention / dot-product: mean)
+    c.model.vivit.tokens_per_frame = 1  # spatial tokens made from each frame's features
+    c.model.vivit.dropout = 0.0  # dropout inside the blocks
+    c.model.text_vocab_size = c.data.get_ref("text_vocab_size")  # multimodal: = data's vocabulary
+    c.model.text_embed_dim = 128  # multimodal: token embedding width
+    c.model.fusion = "concat"  # multimodal: concat | gated | bottleneck (MBT) | late
+    c.model.modalities = "rgb,audio,text"  # multimodal: the inputs it uses (drop one to ablate)
+    c.model.fusion_layers = 3  # multimodal bottleneck: transformer layers per modality
+    c.model.fusion_layer = 1  # multimodal bottleneck: first layer exchanging via bottlenecks
+    c.model.num_bottlenecks = 4  # multimodal bottleneck: shared bottleneck tokens
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.learning_rate = 0.01  # peak Adam learning rate
@@ -63,9 +102,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.weight_decay = 0.0  # decoupled (AdamW) weight decay
     c.optimizer.clip_norm = 1.0  # global-norm gradient clipping; 0 disables
 
-    if "frame" in presets:
-        c.data.level = "frame"
-        c.model.name = "frame_moe"
+    if "frame" in presets:  # frame-level features with the starter's frame-level MoE
+        presets.append("frame_moe")
+    models = [p for p in presets if p in MODEL_PRESETS]
+    if len(models) > 1:
+        raise ValueError(f"choose one model preset, got {models}")
+    if models:
+        c.model.name = models[0]
+        video_level = models[0] in ("logistic", "moe")
+        c.data.level = "video" if video_level else "frame"
     if "smoke" in presets:
         c.batch_size = 32
         c.eval_batch_size = 64

@@ -5,13 +5,33 @@ import dataclasses
 import flax.linen as nn
 import ml_collections
 
-from vmjax.models.classifiers import FrameMoE, VideoLogistic, VideoMoE
+from vmjax.models.classifiers import (
+    DBoFModel,
+    FrameLogistic,
+    FrameMoE,
+    LSTMModel,
+    Multimodal,
+    NetVLADModel,
+    NeXtVLADModel,
+    VideoLogistic,
+    VideoMoE,
+    ViViTModel,
+)
 
 MODELS: dict[str, type[nn.Module]] = {
     "logistic": VideoLogistic,
     "moe": VideoMoE,
     "frame_moe": FrameMoE,
+    "frame_logistic": FrameLogistic,
+    "dbof": DBoFModel,
+    "lstm": LSTMModel,
+    "netvlad": NetVLADModel,
+    "nextvlad": NeXtVLADModel,
+    "vivit": ViViTModel,
+    "multimodal": Multimodal,
 }
+# The input each model reads: video-level means or frame-level sequences (config.data.level).
+LEVEL = {name: "video" if name in ("logistic", "moe") else "frame" for name in MODELS}
 
 # Dataclass fields every Linen module has that are not model hyper-parameters.
 _NOT_HPARAMS = ("parent", "name", "num_classes")
@@ -31,4 +51,9 @@ def build_model(model_config: ml_collections.ConfigDict, num_classes: int) -> nn
             f"model {model_config.name!r} ({cls.__name__}) needs model_config fields {missing}; "
             f"got {sorted(model_config.keys())}"
         )
-    return cls(num_classes=num_classes, **{k: model_config[k] for k in wanted})
+    kwargs = {k: model_config[k] for k in wanted}
+    # Nested sub-configs (e.g. model.vivit) become plain dicts for the module's fields.
+    kwargs = {
+        k: v.to_dict() if isinstance(v, ml_collections.ConfigDict) else v for k, v in kwargs.items()
+    }
+    return cls(num_classes=num_classes, **kwargs)

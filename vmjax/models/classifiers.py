@@ -4,8 +4,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vmjax.models.heads import LogisticHead, MoEHead
-from vmjax.models.pooling import masked_mean
+from vmjax.models.encoders import AudioEncoder, RecurrentEncoder, RGBEncoder, TextEncoder
+from vmjax.models.fusion import BottleneckFusion, ConcatFusion, GatedFusion, LateFusion
+from vmjax.models.heads import ContextGating, LogisticHead, MoEHead
+from vmjax.models.pooling import DBoF, NetVLAD, NeXtVLAD, masked_mean
 
 
 def _concat_features(inputs: dict[str, jax.Array]) -> jax.Array:
@@ -48,3 +50,186 @@ class FrameMoE(nn.Module):
         del train
         pooled = masked_mean(_concat_features(inputs), inputs["mask"])
         return MoEHead(self.num_classes, self.num_mixtures, name="head")(pooled)
+
+
+def _frames(inputs: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """Frame features `[B, T, 1152]` (rgb then audio) and their mask `[B, T]`."""
+    return _concat_features(inputs), inputs["mask"]
+
+
+class FrameLogistic(nn.Module):
+    """The starter's FrameLevelLogisticModel: logistic regression on mean frame features."""
+
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, inputs: dict[str, jax.Array], *, train: bool) -> jax.Array:
+        del train
+        return LogisticHead(self.num_classes, name="head")(masked_mean(*_frames(inputs)))
+
+
+class DBoFModel(nn.Module):
+    """The starter's DbofModel: Deep Bag of Frames pooling, then MoE."""
+
+    num_classes: int
+    num_mixtures: int
+    cluster_size: int
+    hidden_size: int
+
+    @nn.compact
+    def __call__(self, inputs: dict[str, jax.Array], *, train: bool) -> jax.Array:
+        pooled = DBoF(self.cluster_size, self.hidden_size, name="dbof")(
+            *_frames(inputs), train=train
+        )
+        return MoEHead(self.num_classes, self.num_mixtures, name="head")(pooled)
+
+
+class LSTMModel(nn.Module):
+    """The starter's LstmModel: stacked LSTM over frames; its final state feeds an MoE."""
+
+    num_classes: int
+    num_mixtures: int
+    hidden_size: int
+    num_layers: int
+
+    @nn.compact
+    def __call__(self, inputs: dict[str, jax.Array], *, train: bool) -> jax.Array:
+        _, final = RecurrentEncoder(self.hidden_size, self.num_layers, name="lstm")(
+            *_frames(inputs), train=train
+        )
+        return MoEHead(self.num_classes, self.num_mixtures, name="head")(final)
+
+
+class _VLADModel(nn.Module):
+    """VLAD pooling of rgb and audio separately, a hidden layer, context gating, then MoE."""
+
+    num_classes: int
+    num_mixtures: int
+    num_clusters: int
+    audio_clusters: int
+    hidden_size: int
+    dropout: float
+
+    def pool(self, x: jax.Array, mask: jax.Array, clusters: int, name: str, train: bool):
+        raise NotImplementedError
+
+    @nn.compact
+    def __call__(self, inputs: dict[str, jax.Array], *, train: bool) -> jax.Array:
+        mask = inputs["mask"]
+        rgb = self.pool(inputs["rgb"], mask, self.num_clusters, "rgb_vlad", train)
+        audio = self.pool(inputs["audio"], mask, self.audio_clusters, "audio_vlad", train)
+        x = nn.Dropout(self.dropout, deterministic=not train)(jnp.concatenate([rgb, audio], -1))
+        x = nn.Dense(self.hidden_size, name="hidden")(x)
+        x = nn.BatchNorm(use_running_average=not train, name="hidden_bn")(x)
+        x = ContextGating(name="gating")(x, train=train)
+        return MoEHead(self.num_classes, self.num_mixtures, name="head")(x)
+
+
+class NetVLADModel(_VLADModel):
+    """WILLOW's NetVLAD model: NetVLAD of rgb and of audio, FC, context gating, MoE."""
+
+    def pool(self, x, mask, clusters, name, train):
+        return NetVLAD(clusters, name=name)(x, mask, train=train)
+
+
+class NeXtVLADModel(_VLADModel):
+    """NeXtVLAD (Lin et al. 2018): NeXtVLAD of rgb and of audio, dropout, FC, BN, gating, MoE."""
+
+    expansion: int = 2
+    groups: int = 8
+
+    def pool(self, x, mask, clusters, name, train):
+        return NeXtVLAD(clusters, self.expansion, self.groups, name=name)(x, mask, train=train)
+
+
+def _rgb_encoder(vivit: dict, name: str) -> RGBEncoder:
+    return RGBEncoder(**vivit, name=name)
+
+
+class ViViTModel(nn.Module):
+    """ViViT over frame features (rgb and audio of each frame as its tokens), then MoE."""
+
+    num_classes: int
+    num_mixtures: int
+    vivit: dict
+
+    @nn.compact
+    def __call__(self, inputs: dict[str, jax.Array], *, train: bool) -> jax.Array:
+        _, embedding = _rgb_encoder(self.vivit, "vivit")(*_frames(inputs), train=train)
+        return MoEHead(self.num_classes, self.num_mixtures, name="head")(embedding)
+
+
+MODALITIES = ("rgb", "audio", "text")
+FUSIONS = ("concat", "gated", "bottleneck", "late")
+
+
+class Multimodal(nn.Module):
+    """rgb ViViT + audio LSTM + text LSTM, fused by `fusion`, then MoE.
+
+    concat / gated fuse the modality embeddings; late averages per-modality MoE logits;
+    bottleneck is MBT: each modality's tokens (rgb ViViT tokens, audio and text LSTM outputs)
+    run through their own transformer layers and exchange information only through shared
+    bottleneck tokens from `fusion_layer` on. `modalities` drops inputs for ablations.
+    """
+
+    num_classes: int
+    num_mixtures: int
+    hidden_size: int  # audio/text LSTM width, and the width every modality is projected to
+    vivit: dict
+    text_vocab_size: int
+    text_embed_dim: int
+    fusion: str
+    modalities: str  # comma-separated subset of rgb,audio,text
+    fusion_layers: int  # bottleneck: transformer layers per modality
+    fusion_layer: int  # bottleneck: first layer that exchanges through bottlenecks
+    num_bottlenecks: int
+
+    @nn.compact
+    def __call__(self, inputs: dict[str, jax.Array], *, train: bool) -> jax.Array:
+        names = [m.strip() for m in self.modalities.split(",") if m.strip()]
+        if not names or set(names) - set(MODALITIES):
+            raise ValueError(f"model.modalities={self.modalities!r}: choose from {MODALITIES}")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"model.fusion={self.fusion!r} is unknown; expected one of {FUSIONS}")
+        mask = inputs["mask"]
+        tokens, masks, embeddings = {}, {}, {}
+        if "rgb" in names:
+            tokens["rgb"], embeddings["rgb"] = _rgb_encoder(self.vivit, "rgb")(
+                inputs["rgb"], mask, train=train
+            )
+            masks["rgb"] = mask
+        if "audio" in names:
+            tokens["audio"], embeddings["audio"] = AudioEncoder(self.hidden_size, name="audio")(
+                inputs["audio"], mask, train=train
+            )
+            masks["audio"] = mask
+        if "text" in names:
+            text = TextEncoder(
+                self.text_vocab_size, self.text_embed_dim, self.hidden_size, name="text"
+            )
+            tokens["text"], embeddings["text"] = text(
+                inputs["text_tokens"], inputs["text_mask"], train=train
+            )
+            masks["text"] = inputs["text_mask"]
+
+        def head(name):
+            return MoEHead(self.num_classes, self.num_mixtures, name=name)
+
+        if self.fusion == "late":
+            return LateFusion(name="late")({m: head(f"{m}_head")(e) for m, e in embeddings.items()})
+        if self.fusion == "concat":
+            return head("head")(ConcatFusion()(embeddings))
+        if self.fusion == "gated":
+            return head("head")(GatedFusion(self.hidden_size, name="gated")(embeddings))
+        projected = {
+            m: nn.Dense(self.hidden_size, name=f"{m}_tokens")(t) for m, t in tokens.items()
+        }
+        fused = BottleneckFusion(
+            num_layers=self.fusion_layers,
+            fusion_layer=self.fusion_layer,
+            num_heads=max(1, self.hidden_size // 64),
+            mlp_dim=2 * self.hidden_size,
+            num_bottlenecks=self.num_bottlenecks,
+            name="mbt",
+        )(projected, masks, train=train)
+        return head("head")(jnp.mean(jnp.stack([fused[m] for m in sorted(fused)]), axis=0))

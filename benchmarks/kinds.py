@@ -1,0 +1,178 @@
+"""GAP per class kind for each zoo model on the embedded dataset -> docs/kinds.md.
+
+  python benchmarks/kinds.py                      # every model, CPU-sized, ~30-40 min on 2 cores
+  python benchmarks/kinds.py --models lstm,frame_moe --steps 300
+
+Each model trains from its `configs/yt8m.py:<name>` preset, shrunk to CPU size (the
+overrides are printed with each row's command), on the same embedded data and budget. The
+embedded data's class kinds (visual, audio, cross_modal, temporal, text) say what each model
+can see: temporal classes need frame order, cross-modal ones rgb and audio together, text ones
+the text tokens. Rows "multimodal (rgb only)" / "(audio only)" ablate a modality.
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import pathlib
+import shutil
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from vmjax.data import synthetic  # noqa: E402
+from vmjax.tools.summary import summarize  # noqa: E402
+from vmjax.train import loop  # noqa: E402
+
+# CPU-sized overrides per model (the presets keep the papers' / starter's sizes).
+CPU = {
+    "common": {
+        "batch_size": 64,
+        "eval_batch_size": 256,
+        "data.max_frames": 64,
+        "optimizer.learning_rate": 0.003,
+        "optimizer.warmup_steps": 50,
+    },
+    "logistic": {"optimizer.learning_rate": 0.01},
+    "moe": {"optimizer.learning_rate": 0.01},
+    "frame_logistic": {"optimizer.learning_rate": 0.01},
+    "frame_moe": {"optimizer.learning_rate": 0.01},
+    "dbof": {"model.cluster_size": 512, "model.hidden_size": 256},
+    "lstm": {"model.hidden_size": 256, "model.num_layers": 1},
+    "netvlad": {"model.num_clusters": 16, "model.audio_clusters": 8, "model.hidden_size": 256},
+    "nextvlad": {"model.num_clusters": 16, "model.audio_clusters": 8, "model.hidden_size": 256},
+    "vivit": {
+        "model.vivit.hidden_size": 128,
+        "model.vivit.num_layers": 2,
+        "model.vivit.mlp_dim": 256,
+    },
+    "multimodal": {
+        "model.hidden_size": 128,
+        "model.vivit.hidden_size": 128,
+        "model.vivit.num_layers": 2,
+        "model.vivit.mlp_dim": 256,
+    },
+}
+ROWS = {  # row label -> (preset, extra overrides)
+    "logistic": ("logistic", {}),
+    "moe": ("moe", {}),
+    "frame_logistic": ("frame_logistic", {}),
+    "frame_moe": ("frame_moe", {}),
+    "dbof": ("dbof", {}),
+    "lstm": ("lstm", {}),
+    "netvlad": ("netvlad", {}),
+    "nextvlad": ("nextvlad", {}),
+    "vivit": ("vivit", {}),
+    "multimodal (concat)": ("multimodal", {"model.fusion": "concat"}),
+    "multimodal (rgb only)": ("multimodal", {"model.modalities": "rgb"}),
+    "multimodal (audio only)": ("multimodal", {"model.modalities": "audio"}),
+}
+
+
+def get_config(preset: str):
+    spec = importlib.util.spec_from_file_location("yt8m_config", ROOT / "configs" / "yt8m.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(preset)
+
+
+def apply(config, overrides: dict) -> None:
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        target = config
+        for p in parents:
+            target = target[p]
+        target[leaf] = value
+
+
+def run_row(label: str, steps: int, workdir: str) -> dict:
+    preset, extra = ROWS[label]
+    overrides = {
+        **CPU["common"],
+        **CPU.get(preset, {}),
+        **extra,
+        "num_train_steps": steps,
+        "eval_every": steps,
+        "checkpoint_every": steps,
+    }
+    config = get_config(preset)
+    apply(config, overrides)
+    row_dir = os.path.join(workdir, label.replace(" ", "_").replace("(", "").replace(")", ""))
+    shutil.rmtree(row_dir, ignore_errors=True)
+    start = time.time()
+    result = loop.train_and_evaluate(config, row_dir)
+    seconds = time.time() - start
+    args = " ".join(f"--config.{k}={v}" for k, v in overrides.items())
+    return {
+        "label": label,
+        "params": summarize(config)["params"],
+        "seconds": round(seconds, 1),
+        "examples_per_s": round(steps * config.batch_size / seconds, 1),
+        "command": f"python -m vmjax.main --config configs/yt8m.py:{preset} --workdir W {args}",
+        **{k: v for k, v in result.items() if k.startswith(("gap", "map", "hit", "oracle"))},
+    }
+
+
+def write_table(rows: list[dict], oracle: dict, path: str, steps: int, wall: float) -> None:
+    kinds = synthetic.KINDS
+    head = "| model | GAP | " + " | ".join(kinds) + " | params | train ex/s |"
+    lines = [
+        "# GAP per class kind on the embedded dataset",
+        "",
+        f"Written by `python benchmarks/kinds.py --steps {steps}` on a 2-core CPU in "
+        f"{wall / 60:.0f} min. Each model trains {steps} steps of 64 videos from its "
+        "`configs/yt8m.py:<model>` preset at CPU size (the exact command is under the table) "
+        "and is evaluated on the 4,000 validation videos. Columns are GAP@20 restricted to "
+        "each kind's classes; the oracle row is the best achievable (label noise keeps it "
+        "below 1).",
+        "",
+        head,
+        "|" + "---|" * (len(kinds) + 4),
+        "| oracle | "
+        + f"{oracle['gap']:.3f} | "
+        + " | ".join(f"{oracle[f'gap_{k}']:.3f}" for k in kinds)
+        + " | | |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['label']} | {r['gap']:.3f} | "
+            + " | ".join(f"{r[f'gap_{k}']:.3f}" for k in kinds)
+            + f" | {r['params']:,} | {r['examples_per_s']:,.0f} |"
+        )
+    lines += ["", "Commands (W = any work directory):", ""]
+    lines += [f"- {r['label']}: `{r['command']}`" for r in rows]
+    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    pathlib.Path(path).write_text("\n".join(lines) + "\n")
+    pathlib.Path(path).with_suffix(".json").write_text(json.dumps(rows, indent=2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(ROWS), help="comma-separated row labels")
+    parser.add_argument("--steps", type=int, default=600, help="train steps per model")
+    parser.add_argument("--workdir", default="/tmp/vmjax-kinds", help="per-model run dirs")
+    parser.add_argument("--out", default=str(ROOT / "docs" / "kinds.md"))
+    args = parser.parse_args()
+    labels = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in labels if m not in ROWS]
+    if unknown:
+        parser.error(f"unknown rows {unknown}; choose from {list(ROWS)}")
+    start = time.time()
+    rows = []
+    for label in labels:
+        row = run_row(label, args.steps, args.workdir)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    c = get_config("")
+    data_dir = os.path.join(
+        os.path.expanduser(c.data.cache_dir),
+        synthetic.Spec(num_classes=c.data.num_classes, **c.data.synthetic.to_dict()).key(),
+    )
+    write_table(rows, synthetic.read_oracle(data_dir), args.out, args.steps, time.time() - start)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
