@@ -4,10 +4,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vmjax.models.encoders import AudioEncoder, RecurrentEncoder, RGBEncoder, TextEncoder
+from vmjax.models.encoders import AudioEncoder, RecurrentEncoder, TextEncoder, frame_tokens
 from vmjax.models.fusion import BottleneckFusion, ConcatFusion, GatedFusion, LateFusion
 from vmjax.models.heads import ContextGating, LogisticHead, MoEHead
 from vmjax.models.pooling import DBoF, NetVLAD, NeXtVLAD, masked_mean
+from vmjax.models.vivit import ViViTEncoder
 
 
 def _concat_features(inputs: dict[str, jax.Array]) -> jax.Array:
@@ -142,8 +143,9 @@ class NeXtVLADModel(_VLADModel):
         return NeXtVLAD(clusters, self.expansion, self.groups, name=name)(x, mask, train=train)
 
 
-def _rgb_encoder(vivit: dict, name: str) -> RGBEncoder:
-    return RGBEncoder(**vivit, name=name)
+def _vivit(vivit: dict, name: str) -> ViViTEncoder:
+    """ViViT over frame features, from the `model.vivit` sub-config."""
+    return ViViTEncoder(**vivit, name=name)
 
 
 class ViViTModel(nn.Module):
@@ -155,7 +157,7 @@ class ViViTModel(nn.Module):
 
     @nn.compact
     def __call__(self, inputs: dict[str, jax.Array], *, train: bool) -> jax.Array:
-        _, embedding = _rgb_encoder(self.vivit, "vivit")(*_frames(inputs), train=train)
+        embedding = _vivit(self.vivit, "vivit")(*_frames(inputs), train=train)
         return MoEHead(self.num_classes, self.num_mixtures, name="head")(embedding)
 
 
@@ -194,9 +196,10 @@ class Multimodal(nn.Module):
         mask = inputs["mask"]
         tokens, masks, embeddings = {}, {}, {}
         if "rgb" in names:
-            tokens["rgb"], embeddings["rgb"] = _rgb_encoder(self.vivit, "rgb")(
-                inputs["rgb"], mask, train=train
+            embeddings["rgb"], rgb_tokens = _vivit(self.vivit, "rgb")(
+                inputs["rgb"], mask, train=train, return_tokens=True
             )
+            tokens["rgb"] = frame_tokens(rgb_tokens, mask)
             masks["rgb"] = mask
         if "audio" in names:
             tokens["audio"], embeddings["audio"] = AudioEncoder(self.hidden_size, name="audio")(

@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 
 from vmjax.models.rnn import RNN
-from vmjax.models.vivit import FrameFeatureEmbedding, ViViT
 
 
 class RecurrentEncoder(nn.Module):
@@ -47,41 +46,7 @@ class TextEncoder(nn.Module):
         )
 
 
-class RGBEncoder(nn.Module):
-    """ViViT over rgb frame features `[B, T, 1024]`; tokens are the final per-frame tokens."""
-
-    hidden_size: int
-    variant: str
-    num_layers: int
-    num_heads: int
-    mlp_dim: int
-    num_temporal_layers: int = 0
-    pooling: str = "mean"
-    tokens_per_frame: int = 1
-    dropout: float = 0.0
-
-    @nn.compact
-    def __call__(
-        self, frames: jax.Array, mask: jax.Array, *, train: bool
-    ) -> tuple[jax.Array, jax.Array]:
-        embedded = FrameFeatureEmbedding(self.hidden_size, self.tokens_per_frame, name="embed")(
-            frames, mask
-        )
-        vivit = ViViT(
-            variant=self.variant,
-            num_layers=self.num_layers,
-            hidden_size=self.hidden_size,
-            num_heads=self.num_heads,
-            mlp_dim=self.mlp_dim,
-            num_temporal_layers=self.num_temporal_layers,
-            pooling=self.pooling,
-            dropout=self.dropout,
-            name="vivit",
-        )
-        embedding, tokens = vivit(embedded, mask, train=train, return_tokens=True)
-        tokens = (
-            einops.rearrange(tokens, "b t s d -> b t (s d)")
-            if tokens.shape[2] == 1
-            else (einops.reduce(tokens, "b t s d -> b t d", "mean"))
-        )
-        return jnp.where(mask[..., None], tokens, 0), embedding
+def frame_tokens(tokens: jax.Array, mask: jax.Array) -> jax.Array:
+    """ViViT's final tokens `[B, T, S, D]` as one token per frame `[B, T, D]` (spatial mean)."""
+    tokens = einops.reduce(tokens, "b t s d -> b t d", "mean")
+    return jnp.where(mask[..., None], tokens, 0)

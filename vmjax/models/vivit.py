@@ -346,7 +346,15 @@ class ViViTEncoder(nn.Module):
     tokens_per_frame: int = 1  # frame features only
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array | None = None, *, train: bool) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        mask: jax.Array | None = None,
+        *,
+        train: bool,
+        return_tokens: bool = False,
+    ) -> jax.Array | tuple[jax.Array, jax.Array]:
+        """`[B, D]`, or with `return_tokens` also ViViT's final tokens (see `ViViT`)."""
         if x.ndim == 5:
             if mask is not None:
                 x = jnp.where(mask[:, :, None, None, None], x, 0)
@@ -372,4 +380,4 @@ class ViViTEncoder(nn.Module):
             dropout=self.dropout,
             attention_dropout=self.attention_dropout,
             name="vivit",
-        )(tokens, mask, train=train)
+        )(tokens, mask, train=train, return_tokens=return_tokens)
