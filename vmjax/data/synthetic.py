@@ -70,7 +70,7 @@ class Spec:
     )
     text_rate: float = 0.7  # videos without a text-kind label that still carry (distractor) tokens
     text_vocab_size: int = 8192
-    version: int = 1
+    version: int = 2  # bump when the generator changes: it is part of the cache key
 
     def key(self) -> str:
         """A short stable name for the cache directory."""
@@ -93,7 +93,8 @@ class World:
     token: np.ndarray  # [C] keyword token of text classes
     rgb_patterns: np.ndarray  # [P, 1024]
     audio_patterns: np.ndarray  # [Q, 128]
-    prior: np.ndarray  # [C] class frequency among the real label sets
+    prior: np.ndarray  # [C] class frequency (averaged within each group)
+    group: np.ndarray  # [C] group id: a temporal pair or cross-modal four share one
 
 
 def _asset(name: str):
@@ -165,7 +166,27 @@ def make_world(spec: Spec, label_sets: Sequence[np.ndarray]) -> World:
 
     rgb_patterns = rng.normal(0, spec.pattern_scale, (n_rgb, yt8m.RGB_DIM)).astype(np.float32)
     audio_patterns = rng.normal(0, spec.pattern_scale, (n_audio, yt8m.AUDIO_DIM)).astype(np.float32)
-    return World(kind, rgb_a, rgb_b, audio, token, rgb_patterns, audio_patterns, prior)
+    # A drawn label becomes a uniformly random member of its group (a temporal pair, a
+    # cross-modal four): partners then share frequency and co-occurring labels, so only the
+    # evidence that defines them (order; rgb AND audio) tells them apart, not priors or context.
+    group = np.arange(c)
+    for members in [temporal[g : g + 2] for g in range(0, len(temporal), 2)] + [
+        cross[g : g + 4] for g in range(0, len(cross), 4)
+    ]:
+        group[members] = members[0]
+    group_mass = np.bincount(group, weights=prior, minlength=c)
+    group_size = np.bincount(group, minlength=c)
+    prior = group_mass[group] / group_size[group]
+    return World(kind, rgb_a, rgb_b, audio, token, rgb_patterns, audio_patterns, prior, group)
+
+
+def resample_within_groups(rng: np.random.Generator, world: World, labels: np.ndarray):
+    """Each label replaced by a uniformly random member of its group (see make_world)."""
+    out = []
+    for label in labels:
+        members = np.flatnonzero(world.group == world.group[label])
+        out.append(members[int(rng.integers(len(members)))] if len(members) > 1 else label)
+    return np.unique(np.array(out, np.int64))
 
 
 def oracle_scores(world: World, spec: Spec, clean: np.ndarray) -> np.ndarray:
@@ -294,7 +315,8 @@ def _write_shard(out: str, spec: Spec, split: str, shard: int) -> dict:
         tfrecord.TFRecordWriter(paths["video"]) as videos,
     ):
         for i in range(first, last):
-            clean = np.unique(label_sets[int(rng.integers(len(label_sets)))])
+            real = label_sets[int(rng.integers(len(label_sets)))]
+            clean = resample_within_groups(rng, world, real)
             v = make_video(rng, world, spec, f"{split[:2]}{i:07d}", clean)
             frames.write(
                 yt8m.encode_frame_example(
