@@ -141,11 +141,57 @@ def write_table(rows: list[dict], oracle: dict, path: str, steps: int, wall: flo
             + " | ".join(f"{r[f'gap_{k}']:.3f}" for k in kinds)
             + f" | {r['params']:,} | {r['examples_per_s']:,.0f} |"
         )
+    lines += ["", "## Findings (computed from the rows above)", ""] + findings(rows)
     lines += ["", "Commands (W = any work directory):", ""]
     lines += [f"- {r['label']}: `{r['command']}`" for r in rows]
     pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
     pathlib.Path(path).write_text("\n".join(lines) + "\n")
     pathlib.Path(path).with_suffix(".json").write_text(json.dumps(rows, indent=2))
+
+
+def findings(rows: list[dict]) -> list[str]:
+    """Plain statements about order, fusion and text, each citing the numbers it rests on."""
+    by = {r["label"]: r for r in rows}
+    out = []
+
+    def gap(label, kind):
+        return by[label][f"gap_{kind}"]
+
+    pooled = [m for m in ("frame_moe", "frame_logistic", "moe", "logistic") if m in by]
+    ordered = [m for m in ("lstm", "vivit", "multimodal (concat)") if m in by]
+    if pooled and ordered:
+        best_pool = max(pooled, key=lambda m: gap(m, "temporal"))
+        best_seq = max(ordered, key=lambda m: gap(m, "temporal"))
+        out.append(
+            f"- Temporal classes (A before B vs B before A) need frame order: the best "
+            f"order-aware model, {best_seq}, reaches {gap(best_seq, 'temporal'):.3f} GAP on them; "
+            f"the best mean-pooling model, {best_pool}, {gap(best_pool, 'temporal'):.3f}, near "
+            "what guessing between the two partners gives. "
+            + ", ".join(f"{m} {gap(m, 'temporal'):.3f}" for m in ordered)
+            + "."
+        )
+    ablations = [m for m in ("multimodal (rgb only)", "multimodal (audio only)") if m in by]
+    if "multimodal (concat)" in by and ablations:
+        fused = gap("multimodal (concat)", "cross_modal")
+        out.append(
+            f"- Cross-modal classes need rgb and audio together: multimodal (concat) gets "
+            f"{fused:.3f} GAP on them, "
+            + ", ".join(f"{m} {gap(m, 'cross_modal'):.3f}" for m in ablations)
+            + "; dropping a modality also costs its own kind (visual "
+            + ", ".join(f"{m} {gap(m, 'visual'):.3f}" for m in ablations)
+            + ")."
+        )
+    texty = [m for m in by if m.startswith("multimodal") and "only" not in m]
+    blind = [m for m in by if not m.startswith("multimodal")]
+    if texty and blind:
+        best_blind = max(blind, key=lambda m: gap(m, "text"))
+        out.append(
+            "- Only the multimodal model reads text tokens: text-kind GAP "
+            + ", ".join(f"{m} {gap(m, 'text'):.3f}" for m in texty)
+            + f" vs at most {gap(best_blind, 'text'):.3f} ({best_blind}) for the others, "
+            "which can only guess text classes from co-occurring labels."
+        )
+    return out or ["- (run more rows for findings)"]
 
 
 def main() -> None:
@@ -154,7 +200,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=600, help="train steps per model")
     parser.add_argument("--workdir", default="/tmp/vmjax-kinds", help="per-model run dirs")
     parser.add_argument("--out", default=str(ROOT / "docs" / "kinds.md"))
+    parser.add_argument("--from_json", help="re-render the table from a saved kinds.json")
+    parser.add_argument("--minutes", type=float, help="with --from_json: the run's wall time")
     args = parser.parse_args()
+    if args.from_json:
+        rows = json.loads(pathlib.Path(args.from_json).read_text())
+        write_table(rows, _oracle(), args.out, args.steps, 60 * (args.minutes or 0))
+        print(f"wrote {args.out}")
+        return
     labels = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in labels if m not in ROWS]
     if unknown:
@@ -165,13 +218,16 @@ def main() -> None:
         row = run_row(label, args.steps, args.workdir)
         print(json.dumps(row), flush=True)
         rows.append(row)
-    c = get_config("")
-    data_dir = os.path.join(
-        os.path.expanduser(c.data.cache_dir),
-        synthetic.Spec(num_classes=c.data.num_classes, **c.data.synthetic.to_dict()).key(),
-    )
-    write_table(rows, synthetic.read_oracle(data_dir), args.out, args.steps, time.time() - start)
+        # Rewritten after every row, so a long run leaves its finished rows behind.
+        write_table(rows, _oracle(), args.out, args.steps, time.time() - start)
     print(f"wrote {args.out}")
+
+
+def _oracle() -> dict:
+    """oracle.json of the embedded dataset the default config uses."""
+    c = get_config("")
+    spec = synthetic.Spec(num_classes=c.data.num_classes, **c.data.synthetic.to_dict())
+    return synthetic.read_oracle(os.path.join(os.path.expanduser(c.data.cache_dir), spec.key()))
 
 
 if __name__ == "__main__":
