@@ -249,8 +249,7 @@ def _log_eval(result: dict, workdir: str, writer, progress) -> None:
     per_kind = [k for k in keys if k.startswith("gap_")]
     if per_kind:
         msg += "\n  GAP by class kind: " + "  ".join(f"{k[4:]} {result[k]:.3f}" for k in per_kind)
-    progress.write(msg)
-    logging.info(msg)
+    progress.write(msg)  # above the progress bar; logging it too would print it twice
 
 
 def _last_logged_eval(workdir: str) -> dict | None:
