@@ -43,6 +43,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3  # how many checkpoints orbax keeps
     c.log_every = 50  # train loss to the progress bar and TensorBoard every N steps
 
+    c.parallelism = "mesh"  # 'mesh': jit over a device Mesh (default); 'pmap': replicated state
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.fsdp = 1  # mesh: shard parameters and optimizer state over this many devices
+    c.dtype = "float32"  # compute dtype: float32 or bfloat16 (parameters stay float32)
+    c.grad_accum = 1  # split each batch into this many micro-batches (sums their gradients)
+    c.on_nonfinite_loss = "stop"  # NaN/Inf loss: 'stop' (name the step) or 'skip' the update
+    c.log_batches = False  # write a hash of every train batch to workdir/batches.jsonl
+
     c.data = ml_collections.ConfigDict()
     c.data.train_pattern = ""  # glob(s), comma-separated, of YT8M TFRecords; '' = embedded data
     c.data.eval_pattern = ""  # glob(s) of the eval split; '' = embedded data
@@ -86,6 +94,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.vivit.num_temporal_layers = 2  # factorised_encoder: temporal encoder blocks
     c.model.vivit.pooling = "cls"  # cls or mean (factorised self-attention / dot-product: mean)
     c.model.vivit.tokens_per_frame = 1  # spatial tokens made from each frame's features
+    c.model.vivit.posemb_init = "sincos"  # learned positions from sinusoids, or 'normal' (ViT)
     c.model.vivit.dropout = 0.0  # dropout inside the blocks
     c.model.text_vocab_size = c.data.get_ref("text_vocab_size")  # multimodal: = data's vocabulary
     c.model.text_embed_dim = 128  # multimodal: token embedding width

@@ -2,9 +2,14 @@
 
 python -m vmjax.main --config configs/yt8m.py --workdir /tmp/w
 python -m vmjax.main --config configs/yt8m.py:smoke --workdir /tmp/w --config.batch_size=64
+
+Multi-host: on a SLURM job or a Cloud TPU VM slice jax.distributed is initialised from the
+environment; elsewhere pass --coordinator_address, --num_processes and --process_id (see
+launch/local.sh). Only process 0 logs, writes metrics and shows progress.
 """
 
 import logging as std_logging
+import os
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -27,6 +32,14 @@ flags.DEFINE_string(
 flags.DEFINE_enum(
     "mode", "train", ["train"], "train: train, evaluating every config.eval_every steps."
 )
+flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    "Multi-process: HOST:PORT of process 0's coordinator (with --num_processes and "
+    "--process_id). Not needed on SLURM or Cloud TPU, where JAX reads the environment.",
+)
+flags.DEFINE_integer("num_processes", None, "Multi-process: how many processes in all.")
+flags.DEFINE_integer("process_id", None, "Multi-process: this process's index, 0-based.")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 _CHATTY_LIBRARIES = ("/orbax/", "/grain/", "/jax/")
@@ -41,14 +54,57 @@ class _QuietLibraries(std_logging.Filter):
         )
 
 
+def _cluster_environment() -> str | None:
+    """The multi-process cluster JAX can initialise itself from, if this is one."""
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ:
+        return "SLURM"
+    if len(os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1:
+        return "Cloud TPU slice"
+    return None
+
+
+def initialize_distributed() -> None:
+    """jax.distributed.initialize() where the flags or the environment ask for it.
+
+    Must run before anything touches a JAX backend (jax.devices(), any computation).
+    """
+    import jax
+
+    explicit = [FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id]
+    if any(x is not None for x in explicit):
+        if any(x is None for x in explicit):
+            raise app.UsageError(
+                "--coordinator_address, --num_processes and --process_id go together"
+            )
+        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    elif _cluster_environment():
+        jax.distributed.initialize()
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.INFO)
+    initialize_distributed()
+    import jax
+
+    # Only process 0 talks; the others say only what goes wrong.
+    logging.set_verbosity(logging.INFO if jax.process_index() == 0 else logging.WARNING)
     logging.get_absl_handler().addFilter(_QuietLibraries())
+    if jax.process_count() > 1:
+        logging.info(
+            "jax.distributed: process %d of %d, %d local of %d devices",
+            jax.process_index(),
+            jax.process_count(),
+            jax.local_device_count(),
+            jax.device_count(),
+        )
     from vmjax.train import loop  # after flag parsing: importing JAX code is slow
 
     result = loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    if jax.process_index() != 0:
+        return
+    if result and "preempted_at" in result:
+        return  # the loop said where it saved
     if result:
         summary = ", ".join(
             f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()

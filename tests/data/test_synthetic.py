@@ -207,6 +207,31 @@ def test_oracle_beats_chance_and_is_below_one(data_dir):
     assert len(first["classes"]) == 20 and first["scores"] == sorted(first["scores"], reverse=True)
 
 
+def test_blind_oracles_average_the_classes_they_cannot_tell_apart(data_dir):
+    scores = np.array([[0.9, 0.1, 0.5, 0.3], [0.2, 0.4, 0.6, 0.8]], np.float32)
+    got = synthetic.average_within(scores, np.array([7, 7, 2, 9]))
+    np.testing.assert_allclose(got, [[0.5, 0.5, 0.5, 0.3], [0.3, 0.3, 0.6, 0.8]])
+
+    world = synthetic.make_world(SPEC, synthetic.load_label_sets())
+    parts = synthetic.blind_partitions(world)
+    temporal = np.flatnonzero(world.kind == synthetic.KINDS.index("temporal"))
+    order = parts["order_blind"][1]
+    for a, b in zip(temporal[0::2], temporal[1::2], strict=False):
+        assert order[a] == order[b] and world.rgb_a[a] == world.rgb_b[b]  # A->B with B->A
+    cross = np.flatnonzero(world.kind == synthetic.KINDS.index("cross_modal"))[:4]
+    rgb, audio = parts["rgb_only"][1][cross], parts["audio_only"][1][cross]
+    assert rgb[0] == rgb[1] != rgb[2] == rgb[3]  # (rgb_i, audio_j): i shared in pairs
+    assert audio[0] == audio[2] != audio[1] == audio[3]
+
+    oracle = synthetic.read_oracle(data_dir)
+    for key, kind in [
+        ("gap_temporal_order_blind", "temporal"),
+        ("gap_cross_modal_rgb_only", "cross_modal"),
+        ("gap_cross_modal_audio_only", "cross_modal"),
+    ]:
+        assert 0 < oracle[key] < oracle[f"gap_{kind}"] - 0.1  # blindness costs
+
+
 def test_ensure_reuses_the_cache(tmp_path):
     spec = synthetic.Spec(num_train=8, num_validate=4, num_train_shards=1, num_validate_shards=1)
     calls = []

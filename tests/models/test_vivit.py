@@ -21,6 +21,7 @@ from vmjax.models.vivit import (
     TubeletEmbedding,
     ViViT,
     ViViTEncoder,
+    sincos_init,
 )
 
 HIDDEN = 32
@@ -258,6 +259,21 @@ def test_rejects_cls_without_a_cls_token_and_odd_heads():
         )
     with pytest.raises(ValueError, match="unknown"):
         _params(ViViT("divided", 1, HIDDEN, 4, 64), tokens, train=False)
+
+
+def test_sincos_positions_follow_the_formula_and_are_learned():
+    emb = np.asarray(sincos_init(None, (1, 5, 1, 6)))[0, :, 0]
+    for p in range(5):
+        for i in range(3):
+            w = 10000.0 ** (-2 * i / 6)
+            np.testing.assert_allclose(emb[p, i], np.sin(p * w), atol=1e-6)
+            np.testing.assert_allclose(emb[p, 3 + i], np.cos(p * w), atol=1e-6)
+    model = ViViT("spatio_temporal", 1, HIDDEN, 4, 64, posemb_init="sincos")
+    params = model.init(jax.random.PRNGKey(0), jnp.ones((1, 7, 1, HIDDEN)), train=False)
+    pos = params["params"]["pos_embedding_time"]
+    np.testing.assert_allclose(pos, sincos_init(None, (1, 7, 1, HIDDEN)))
+    with pytest.raises(ValueError, match="posemb_init"):
+        _params(ViViT("spatio_temporal", 1, HIDDEN, 4, 64, posemb_init="rope"), pos, train=False)
 
 
 def _load_config(arg: str | None = None):

@@ -145,7 +145,13 @@ def test_evaluate_per_class_group_gap_matches_metrics_on_the_columns(tmp_path):
     def eval_fn(state, batch):  # a stand-in model: noisy labels as scores
         scores = batch["labels"] * 0.5 + rng.random(batch["labels"].shape) * 0.6
         seen.append((scores[batch["weights"] > 0], batch["labels"][batch["weights"] > 0]))
-        return {"scores": scores, "loss_sum": 0.0, "count": batch["weights"].sum()}
+        return {
+            "scores": scores,
+            "labels": batch["labels"],
+            "weights": batch["weights"],
+            "loss_sum": 0.0,
+            "count": batch["weights"].sum(),
+        }
 
     result = loop.evaluate(eval_fn, None, eval_files, c, groups)
     scores = np.concatenate([s for s, _ in seen])
@@ -155,3 +161,12 @@ def test_evaluate_per_class_group_gap_matches_metrics_on_the_columns(tmp_path):
     for kind, cols in groups.items():
         want = metrics.gap(scores[:, cols], labels[:, cols])
         assert result[f"gap_{kind}"] == pytest.approx(want)
+
+
+def test_nonfinite_loss_stops_with_the_step_and_last_good_checkpoint(tmp_path):
+    # A learning rate of 1e38 makes the logits overflow to +-inf (and NaN) after one step.
+    c = _small(tmp_path, **{"optimizer.learning_rate": 1e38, "optimizer.warmup_steps": 0})
+    with pytest.raises(
+        FloatingPointError, match=r"(NaN/Inf|diverged) at step \d+; last good checkpoint"
+    ):
+        loop.train_and_evaluate(c, str(tmp_path / "w"))

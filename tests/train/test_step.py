@@ -77,8 +77,8 @@ def test_train_step_lowers_the_loss_and_counts_steps():
     step = jax.jit(functools.partial(train_step, model=model, tx=tx))
     batch = _batch(np.random.default_rng(0), 16)
     losses = []
-    for i in range(30):
-        state, m = step(state, batch, jax.random.PRNGKey(i))
+    for _ in range(30):
+        state, m = step(state, batch)
         losses.append(float(m["loss"]))
     assert int(state.step) == 30
     assert losses[-1] < 0.5 * losses[0]
@@ -90,8 +90,8 @@ def test_padding_rows_do_not_change_the_update():
     batch = _batch(rng, 6)
     padded = {k: np.concatenate([v, 100 * np.ones_like(v[:3])]) for k, v in batch.items()}
     padded["weights"][6:] = 0
-    a, ma = train_step(state, batch, jax.random.PRNGKey(0), model=model, tx=tx)
-    b, mb = train_step(state, padded, jax.random.PRNGKey(0), model=model, tx=tx)
+    a, ma = train_step(state, batch, model=model, tx=tx)
+    b, mb = train_step(state, padded, model=model, tx=tx)
     np.testing.assert_allclose(float(ma["loss"]), float(mb["loss"]), rtol=1e-6)
     for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
@@ -106,3 +106,46 @@ def test_eval_step_scores_are_probabilities():
     want = (_bce(np.asarray(logits), batch["labels"]).sum(1) * batch["weights"]).sum()
     np.testing.assert_allclose(float(out["loss_sum"]), want, rtol=1e-4)
     assert float(out["count"]) == 5
+
+
+def test_bfloat16_runs_the_model_in_bf16_and_keeps_float32_state():
+    model, tx, state = _setup()
+    batch = _batch(np.random.default_rng(3), 8)
+    step = functools.partial(train_step, model=model, tx=tx, dtype="bfloat16")
+    jaxpr = str(jax.make_jaxpr(step)(state, batch))
+    dots = [line for line in jaxpr.splitlines() if "dot_general" in line]
+    assert dots and all("bf16[" in line for line in dots)
+    new, metrics = jax.jit(step)(state, batch)
+    assert {x.dtype for x in jax.tree.leaves((new.params, new.opt_state))} <= {
+        jnp.dtype("float32"),
+        jnp.dtype("int32"),
+    }
+    assert metrics["loss"].dtype == jnp.float32
+
+
+def test_grad_accumulation_equals_the_full_batch_gradient_step():
+    model, tx, state = _setup()
+    batch = _batch(np.random.default_rng(4), 12, pad=4)  # padding rows land in some micro-batches
+    full, mf = train_step(state, batch, model=model, tx=tx)
+    accum, ma = train_step(state, batch, model=model, tx=tx, grad_accum=4)
+    np.testing.assert_allclose(float(ma["loss"]), float(mf["loss"]), rtol=1e-6)
+    np.testing.assert_allclose(float(ma["grad_norm"]), float(mf["grad_norm"]), rtol=1e-5)
+    with np.testing.assert_raises_regex(ValueError, "grad_accum=5"):
+        train_step(state, batch, model=model, tx=tx, grad_accum=5)
+
+
+def test_nonfinite_updates_are_flagged_and_skipped_on_request():
+    model, tx, state = _setup()
+    batch = _batch(np.random.default_rng(5), 8)
+    batch["rgb"][3, 7] = np.nan
+    bad, m = train_step(state, batch, model=model, tx=tx)
+    assert not bool(m["finite"])
+    assert np.isnan(np.asarray(jax.tree.leaves(bad.params)[0])).any()
+    kept, m = train_step(state, batch, model=model, tx=tx, skip_nonfinite=True)
+    assert not bool(m["finite"]) and int(kept.step) == 1
+    same = jax.tree.map(
+        np.array_equal, (kept.params, kept.opt_state), (state.params, state.opt_state)
+    )
+    assert all(jax.tree.leaves(same))
+    good, m = train_step(state, _batch(np.random.default_rng(5), 8), model=model, tx=tx)
+    assert bool(m["finite"])

@@ -70,7 +70,7 @@ class Spec:
     )
     text_rate: float = 0.7  # videos without a text-kind label that still carry (distractor) tokens
     text_vocab_size: int = 8192
-    version: int = 2  # bump when the generator changes: it is part of the cache key
+    version: int = 3  # bump when the generator changes: it is part of the cache key
 
     def key(self) -> str:
         """A short stable name for the cache directory."""
@@ -195,6 +195,35 @@ def oracle_scores(world: World, spec: Spec, clean: np.ndarray) -> np.ndarray:
     scores = spurious.copy()
     scores[clean] = (1 - spec.label_drop_rate) + spec.label_drop_rate * spurious[clean]
     return scores
+
+
+def blind_partitions(world: World) -> dict[str, tuple[str, np.ndarray]]:
+    """Classes a partly blind observer cannot tell apart, as a partition id per class.
+
+    order_blind: the two classes of a temporal pair (same patterns, opposite order);
+    rgb_only / audio_only: the cross-modal classes sharing an rgb / an audio pattern.
+    Classes outside the kind keep their own id.
+    """
+    own = np.arange(len(world.kind))
+    cross = world.kind == KINDS.index("cross_modal")
+    n = len(own)
+    return {
+        "order_blind": ("temporal", world.group.copy()),
+        "rgb_only": ("cross_modal", np.where(cross, n + world.rgb_a, own)),
+        "audio_only": ("cross_modal", np.where(cross, 2 * n + world.audio, own)),
+    }
+
+
+def average_within(scores: np.ndarray, partition: np.ndarray) -> np.ndarray:
+    """Each class's score replaced by the mean over its partition (the blind observer's best).
+
+    Within a partition classes share their prior (labels are resampled uniformly in a group),
+    so given evidence that cannot tell them apart, each member's posterior is the mean.
+    """
+    _, inverse, counts = np.unique(partition, return_inverse=True, return_counts=True)
+    sums = np.zeros((scores.shape[0], len(counts)))
+    np.add.at(sums.T, inverse, scores.T)
+    return (sums / counts)[:, inverse].astype(scores.dtype)
 
 
 @dataclasses.dataclass
@@ -357,6 +386,10 @@ def _write_oracle(out: str, spec: Spec, world: World, validate: dict) -> dict:
     for k, name in enumerate(KINDS):
         cols = kinds == k
         result[f"gap_{name}"] = metrics.gap(scores[:, cols], labels[:, cols])
+    for name, (kind, partners) in blind_partitions(world).items():
+        cols = kinds == KINDS.index(kind)
+        blind = average_within(scores, partners)
+        result[f"gap_{kind}_{name}"] = metrics.gap(blind[:, cols], labels[:, cols])
     with open(os.path.join(out, "oracle.json"), "w") as f:
         json.dump(result, f, indent=2)
     top = np.argsort(-scores, axis=1, kind="stable")[:, :20]

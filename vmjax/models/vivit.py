@@ -25,11 +25,30 @@ VARIANTS = (
     "factorised_dot_product",  # Model 4
 )
 POOLINGS = ("cls", "mean")
+POSEMB_INITS = ("normal", "sincos")
 # Models 3 and 4 mix tokens along the time and space axes of a [nt, ns] grid; a CLS token has no
 # place on that grid, so (as in the paper) they pool by the mean.
 _NO_CLS_VARIANTS = ("factorised_self_attention", "factorised_dot_product")
 
 _POSEMB_INIT = nn.initializers.normal(stddev=0.02)
+
+
+def sincos_init(key, shape, dtype=jnp.float32) -> jax.Array:
+    """Sinusoidal positions (Vaswani et al. 2017) along the one axis of `shape` longer than 1.
+
+    For `[1, n, 1, d]` or `[1, 1, n, d]`: row p holds sin(p w_i) in its first d/2 features and
+    cos(p w_i) in the rest, w_i = 10000^(-2i/d). Used as the initial value of a learned
+    embedding, it gives attention a notion of order from step 0 (a dot product of two rows
+    depends on their offset).
+    """
+    del key
+    d = shape[-1]
+    n = max(shape[:-1])
+    half = d // 2
+    freq = 10000.0 ** (-jnp.arange(half, dtype=jnp.float32) * 2 / d)
+    angle = jnp.arange(n, dtype=jnp.float32)[:, None] * freq[None, :]
+    emb = jnp.concatenate([jnp.sin(angle), jnp.cos(angle), jnp.zeros((n, d - 2 * half))], axis=1)
+    return emb.reshape(shape).astype(dtype)
 
 
 def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
@@ -212,6 +231,8 @@ class ViViT(nn.Module):
     `num_layers` counts all blocks, or the spatial encoder's for factorised_encoder. Positional
     embeddings are learned and factorised: one per time index plus one per spatial index, sized
     by the tokens seen at init, so later inputs keep that nt and ns (pad and mask shorter ones).
+    posemb_init: 'normal' (ViT's N(0, 0.02), the paper's) or 'sincos' (sinusoidal initial
+    values, still learned: order is visible from the first step, which frame features need).
     With `return_tokens=True` also returns the final tokens: `[B, nt, ns, D]`, or the temporal
     encoder's frame tokens `[B, nt, 1, D]` for factorised_encoder.
     """
@@ -225,6 +246,7 @@ class ViViT(nn.Module):
     pooling: str = "cls"
     dropout: float = 0.0
     attention_dropout: float = 0.0
+    posemb_init: str = "normal"
 
     def _check(self, tokens: jax.Array) -> None:
         if self.variant not in VARIANTS:
@@ -239,6 +261,10 @@ class ViViT(nn.Module):
             raise ValueError(
                 f"ViViT variant={self.variant!r} has no CLS token (as in the paper); set "
                 "pooling='mean'"
+            )
+        if self.posemb_init not in POSEMB_INITS:
+            raise ValueError(
+                f"ViViT posemb_init={self.posemb_init!r} is unknown; expected one of {POSEMB_INITS}"
             )
         if self.variant == "factorised_encoder" and self.num_temporal_layers < 1:
             raise ValueError(
@@ -266,8 +292,9 @@ class ViViT(nn.Module):
             mask = jnp.ones((b, nt), bool)
         # Zero padded tokens so inf/NaN padding cannot reach even masked-out arithmetic.
         tokens = jnp.where(mask[:, :, None, None], tokens, 0)
-        pos_time = self.param("pos_embedding_time", _POSEMB_INIT, (1, nt, 1, d))
-        pos_space = self.param("pos_embedding_space", _POSEMB_INIT, (1, 1, ns, d))
+        posemb_init = sincos_init if self.posemb_init == "sincos" else _POSEMB_INIT
+        pos_time = self.param("pos_embedding_time", posemb_init, (1, nt, 1, d))
+        pos_space = self.param("pos_embedding_space", posemb_init, (1, 1, ns, d))
         encoder_kwargs = dict(
             num_heads=self.num_heads,
             mlp_dim=self.mlp_dim,
@@ -342,6 +369,7 @@ class ViViTEncoder(nn.Module):
     pooling: str = "cls"
     dropout: float = 0.0
     attention_dropout: float = 0.0
+    posemb_init: str = "normal"
     patch_size: tuple[int, int, int] = (2, 16, 16)  # (pt, ph, pw), pixels only
     tokens_per_frame: int = 1  # frame features only
 
@@ -379,5 +407,6 @@ class ViViTEncoder(nn.Module):
             pooling=self.pooling,
             dropout=self.dropout,
             attention_dropout=self.attention_dropout,
+            posemb_init=self.posemb_init,
             name="vivit",
         )(tokens, mask, train=train, return_tokens=return_tokens)

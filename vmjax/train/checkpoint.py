@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 
+import grain
 import jax
 import orbax.checkpoint as ocp
 
@@ -13,8 +15,10 @@ from vmjax.train.state import TrainState
 class Checkpointer:
     """Saves (asynchronously) and restores {state, data iterator state} by step.
 
-    orbax writes each step into a temporary directory and renames it when
-    complete, so a crash never leaves a half-written checkpoint that looks valid.
+    orbax writes each step into a temporary directory and renames it when complete, so a crash
+    never leaves a half-written checkpoint that looks valid. Every process calls save/restore:
+    orbax writes the (possibly sharded) state once, and grain's handler writes each process's
+    iterator state to `data/process_<i>-of-<n>.json`.
     """
 
     def __init__(self, directory: str, keep: int):
@@ -29,21 +33,28 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
-    def save(self, step: int, state: TrainState, data_state: dict | None) -> None:
+    def save(self, step: int, state: TrainState, data_iterator=None) -> None:
         items = {"state": ocp.args.StandardSave(state)}
-        if data_state is not None:
-            items["data"] = ocp.args.JsonSave(data_state)
+        if data_iterator is not None:
+            # Snapshot now: the iterator moves on while orbax finishes the save in the background.
+            items["data"] = grain.checkpoint.CheckpointSave(_Snapshot(data_iterator.get_state()))
         self._manager.save(step, args=ocp.args.Composite(**items), force=True)
 
-    def restore(self, step: int, like: TrainState) -> tuple[TrainState, dict | None]:
-        """Restores `step` into the structure, shapes and shardings of `like`."""
+    def restore(self, step: int, like: TrainState, data_iterator=None) -> TrainState:
+        """Restores `step` into the structure, shapes and shardings of `like`.
+
+        With `data_iterator`, also sets it to the saved position (in place).
+        """
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
         items = {"state": ocp.args.StandardRestore(abstract)}
-        has_data = os.path.isdir(os.path.join(self.directory, str(step), "data"))
-        if has_data:
-            items["data"] = ocp.args.JsonRestore()
-        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-        return restored["state"], (restored["data"] if has_data else None)
+        if data_iterator is not None:
+            if not os.path.isdir(os.path.join(self.directory, str(step), "data")):
+                raise FileNotFoundError(
+                    f"checkpoint {os.path.join(self.directory, str(step))} has no data iterator "
+                    "state (data/); it cannot resume the input pipeline exactly"
+                )
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+        return self._manager.restore(step, args=ocp.args.Composite(**items))["state"]
 
     def wait(self) -> None:
         """Blocks until pending asynchronous saves are on disk."""
@@ -51,3 +62,13 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
+
+
+class _Snapshot:
+    """An iterator state frozen at save time, in the form grain's handler writes (JSON bytes)."""
+
+    def __init__(self, state: dict):
+        self._state = json.dumps(state, indent=4).encode()
+
+    def get_state(self) -> bytes:
+        return self._state

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import functools
+import hashlib
 import json
 import os
+import signal
 import sys
 import time
 
@@ -17,9 +18,10 @@ from absl import logging
 from vmjax import metrics
 from vmjax.data import pipeline, synthetic
 from vmjax.models import build_model
+from vmjax.train import parallel
 from vmjax.train import state as state_lib
 from vmjax.train.checkpoint import Checkpointer
-from vmjax.train.step import eval_step, model_inputs, train_step
+from vmjax.train.step import model_inputs
 
 
 def resolve_data(config: ml_collections.ConfigDict) -> tuple[list[str], list[str], str | None]:
@@ -50,8 +52,11 @@ def evaluate(
     config: ml_collections.ConfigDict,
     class_groups: dict[str, np.ndarray] | None = None,
 ) -> dict:
-    """GAP@20, mAP, Hit@1, PERR and mean loss over one pass of `files`.
+    """GAP@20, mAP, Hit@1, PERR and mean loss over one pass of `files` (this process's share).
 
+    `eval_fn(state, batch)` takes this process's batch and returns the global batch's `scores`,
+    `labels`, `weights`, `loss_sum` and `count` (gathered over processes), so every process
+    computes the metrics of the whole evaluation set.
     With `class_groups` (name -> class indices), also `gap_<name>`: GAP@20 over those
     classes' columns only (e.g. per class kind of the embedded data).
     """
@@ -64,12 +69,14 @@ def evaluate(
     }
     loss_sum = count = 0.0
     batch_size = config.eval_batch_size // jax.process_count()
-    for batch in pipeline.eval_batches(files, spec, batch_size=batch_size):
-        out = jax.device_get(eval_fn(state, batch))
-        scores = np.asarray(out["scores"])
-        evaluator.update(scores, batch["labels"], weights=batch["weights"])
+    for batch in _eval_batches_in_step(files, spec, batch_size):
+        out = eval_fn(state, batch)
+        scores, labels, weights = (np.asarray(out[k]) for k in ("scores", "labels", "weights"))
+        if not np.isfinite(scores[weights > 0]).all():
+            raise FloatingPointError("eval scores are NaN: the parameters have diverged")
+        evaluator.update(scores, labels, weights=weights)
         for cols, group in groups.values():
-            group.update(scores[:, cols], batch["labels"][:, cols], weights=batch["weights"])
+            group.update(scores[:, cols], labels[:, cols], weights=weights)
         loss_sum += float(out["loss_sum"])
         count += float(out["count"])
     result = evaluator.result()
@@ -84,6 +91,27 @@ def evaluate(
     for name, (_, group) in groups.items():
         out[f"gap_{name}"] = group.result()["gap"]
     return out
+
+
+def _eval_batches_in_step(files, spec, batch_size):
+    """This process's eval batches; with several processes, until all are done.
+
+    Every process must join each (collective) eval step, so a process whose share ran out
+    joins with zero-weight batches until the last one finishes.
+    """
+    batches = pipeline.eval_batches(files, spec, batch_size=batch_size)
+    if jax.process_count() == 1:
+        yield from batches
+        return
+    from jax.experimental import multihost_utils
+
+    empty = pipeline.example_batch(spec, batch_size)
+    empty["weights"][:] = 0
+    while True:
+        batch = next(batches, None)
+        if not multihost_utils.process_allgather(np.array(batch is not None)).any():
+            return
+        yield empty if batch is None else batch
 
 
 def _write_config(
@@ -105,18 +133,28 @@ def _write_config(
         json.dump(resolved, f, indent=2)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
     """Trains, evaluates every `eval_every` steps and checkpoints; resumes automatically.
 
-    Returns the last evaluation's metrics (plus the oracle's GAP on embedded data).
+    Returns the last evaluation's metrics (plus the oracle's GAP on embedded data). On SIGTERM
+    (or a multi-host preemption notice) it saves a checkpoint at the current step and returns
+    {'preempted_at': step}; running the same command again continues exactly from there.
     """
     workdir = os.path.abspath(os.path.expanduser(workdir))
     os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0
     d = config.data
-    if config.batch_size % jax.process_count():
+    local_batch = parallel.local_batch_size(config.batch_size)
+    parallel.local_batch_size(config.eval_batch_size, "eval_batch_size")  # splits evenly?
+    per_device = local_batch // jax.local_device_count()
+    if config.grad_accum < 1 or per_device % config.grad_accum:
         raise ValueError(
-            f"batch_size={config.batch_size} is not divisible by {jax.process_count()} processes"
+            f"config.grad_accum={config.grad_accum} must divide the per-device batch "
+            f"({per_device} = batch_size {config.batch_size} / {jax.device_count()} devices)"
+        )
+    if config.on_nonfinite_loss not in ("stop", "skip"):
+        raise ValueError(
+            f"config.on_nonfinite_loss={config.on_nonfinite_loss!r}; expected 'stop' or 'skip'"
         )
     train_files, eval_files, data_dir = resolve_data(config)
     if is_main:
@@ -124,33 +162,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     model = build_model(config.model, d.num_classes)
     tx = state_lib.make_optimizer(config.optimizer, config.num_train_steps)
-    base_rng, init_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+    par = parallel.create(config, model, tx)
     spec = pipeline.BatchSpec.from_config(d)
     init_inputs = model_inputs(pipeline.example_batch(spec))
-    state = state_lib.create_train_state(model, tx, init_inputs, init_rng)
+    state = state_lib.create_train_state(model, tx, init_inputs, jax.random.PRNGKey(config.seed))
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
-    logging.info("Model %s: %s parameters", config.model.name, f"{num_params:,}")
+    logging.info(
+        "Model %s: %s parameters; %s over %d devices (%d processes), %s compute",
+        config.model.name,
+        f"{num_params:,}",
+        config.parallelism,
+        jax.device_count(),
+        jax.process_count(),
+        config.dtype,
+    )
+    state = par.put_state(state)
 
     my_files = pipeline.shard_files(train_files, jax.process_index(), jax.process_count())
-    train_ds = pipeline.train_dataset(
-        my_files,
-        spec,
-        batch_size=config.batch_size // jax.process_count(),
-        seed=config.seed,
-        shuffle_buffer=d.shuffle_buffer,
-        cycle_length=d.cycle_length,
-        prefetch=d.prefetch,
+    train_iter = iter(
+        pipeline.train_dataset(
+            my_files,
+            spec,
+            batch_size=local_batch,
+            seed=config.seed,
+            shuffle_buffer=d.shuffle_buffer,
+            cycle_length=d.cycle_length,
+            prefetch=d.prefetch,
+        )
     )
-
-    train_iter = iter(train_ds)
     my_eval_files = pipeline.shard_files(eval_files, jax.process_index(), jax.process_count())
 
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
     latest = ckpt.latest_step()
     if latest is not None:
-        state, data_state = ckpt.restore(latest, state)
-        if data_state is not None:
-            train_iter.set_state(data_state)
+        state = par.put_state(ckpt.restore(latest, par.checkpoint_view(state), train_iter))
         logging.info(
             "Resuming from checkpoint %s (step %d of %d)",
             os.path.join(ckpt.directory, str(latest)),
@@ -160,8 +205,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     else:
         logging.info("No checkpoint in %s: starting from scratch", ckpt.directory)
 
-    train_fn = jax.jit(functools.partial(train_step, model=model, tx=tx), donate_argnums=0)
-    eval_fn = jax.jit(functools.partial(eval_step, model=model))
+    def eval_fn(state, batch):
+        return par.eval_step(state, par.put_batch(batch))
+
     writer = None
     if is_main:
         import tensorboardX  # clu's writers need TensorFlow; tensorboardX does not
@@ -169,8 +215,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         writer = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
     oracle = synthetic.read_oracle(data_dir) if data_dir else None
     kinds = synthetic.class_kinds(data_dir) if data_dir else None
+    batch_log = _BatchLog(workdir) if config.log_batches else None
+    guard = _NonFiniteGuard(config.on_nonfinite_loss, ckpt)
+    preemption = _Preemption()
 
-    step = int(state.step)
+    step = int(np.asarray(par.checkpoint_view(state).step))
     last_eval = None
     # Redraw often on a terminal; into a log file, a line every 30 s is plenty.
     progress = tqdm.tqdm(
@@ -186,16 +235,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     try:
         while step < config.num_train_steps:
             batch = next(train_iter)
-            state, train_metrics = train_fn(state, batch, jax.random.fold_in(base_rng, step))
+            if batch_log:
+                batch_log.write(step + 1, batch)
+            state, train_metrics = par.train_step(state, par.put_batch(batch))
             step += 1
             progress.update(1)
-            if step % config.log_every == 0 or step == config.num_train_steps:
+            guard.add(step, train_metrics["finite"])
+            last = step == config.num_train_steps
+            if step % config.log_every == 0 or last:
+                guard.check()
                 loss = float(train_metrics["loss"])
-                if not np.isfinite(loss):
-                    raise FloatingPointError(
-                        f"train loss is {loss} at step {step}; last good checkpoint: "
-                        f"{ckpt.latest_step()} in {ckpt.directory}"
-                    )
                 now = time.perf_counter()
                 rate = (step - tick_step) * config.batch_size / (now - tick)
                 tick, tick_step = now, step
@@ -204,26 +253,164 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     writer.add_scalar("train/loss", loss, step)
                     writer.add_scalar("train/grad_norm", float(train_metrics["grad_norm"]), step)
                     writer.add_scalar("train/examples_per_s", rate, step)
-            if step % config.eval_every == 0 or step == config.num_train_steps:
-                last_eval = {"step": step, **evaluate(eval_fn, state, my_eval_files, config, kinds)}
+                    writer.add_scalar("train/skipped_updates", guard.skipped, step)
+            if step % config.eval_every == 0 or last:
+                guard.check()
+                try:
+                    result = evaluate(eval_fn, state, my_eval_files, config, kinds)
+                except FloatingPointError as e:
+                    raise guard.error(f"{e} at step {step}") from None
+                last_eval = {"step": step, **result}
                 if oracle:
                     last_eval["oracle_gap"] = oracle["gap"]
                     for kind in synthetic.KINDS:
                         last_eval[f"oracle_gap_{kind}"] = oracle[f"gap_{kind}"]
                 if is_main:
                     _log_eval(last_eval, workdir, writer, progress)
-            if step % config.checkpoint_every == 0 or step == config.num_train_steps:
-                ckpt.save(step, state, train_iter.get_state())
+            preempted = preemption.reached(step)  # every process asks at every step
+            if step % config.checkpoint_every == 0 or last or preempted:
+                guard.check()  # never checkpoint parameters a NaN has reached
+                ckpt.save(step, par.checkpoint_view(state), train_iter)
+            if preempted and not last:
+                ckpt.wait()
+                progress.write(
+                    f"Preempted (SIGTERM) at step {step}: saved checkpoint "
+                    f"{os.path.join(ckpt.directory, str(step))}; run the same command to resume"
+                )
+                return {"preempted_at": step}
+        if batch_log:
+            batch_log.write_params(step, par.checkpoint_view(state).params)
     finally:
+        preemption.restore()
         progress.close()
         ckpt.wait()
         ckpt.close()
         if writer:
             writer.close()
+        if batch_log:
+            batch_log.close()
     if last_eval is None:
         last_eval = _last_logged_eval(workdir)
         logging.info("Already trained to step %d; last evaluation: %s", step, last_eval)
     return last_eval
+
+
+class _NonFiniteGuard:
+    """Watches each step's `finite` flag without a device sync per step.
+
+    Flags are collected and read at log, eval and checkpoint steps. In 'stop' mode a NaN/Inf
+    loss raises FloatingPointError naming the first bad step and the last good checkpoint
+    (checked before every save, so no checkpoint holds the bad parameters); in 'skip' mode the
+    step already kept the old parameters and this counts the skipped updates.
+    """
+
+    def __init__(self, mode: str, ckpt: Checkpointer):
+        self.mode, self.ckpt, self.pending, self.skipped = mode, ckpt, [], 0
+
+    def add(self, step: int, finite) -> None:
+        self.pending.append((step, finite))
+
+    def check(self) -> None:
+        if not self.pending:
+            return
+        steps = [s for s, _ in self.pending]
+        flags = np.asarray(jax.device_get([f for _, f in self.pending]))
+        self.pending = []
+        bad = [s for s, ok in zip(steps, flags, strict=True) if not ok]
+        if not bad:
+            return
+        if self.mode == "skip":
+            self.skipped += len(bad)
+            logging.warning(
+                "Skipped %d update(s) with a NaN/Inf loss or gradient at steps %s (%d in all)",
+                len(bad),
+                bad[:10],
+                self.skipped,
+            )
+            return
+        raise self.error(f"train loss, gradient or parameter is NaN/Inf at step {bad[0]}")
+
+    def error(self, what: str) -> FloatingPointError:
+        self.ckpt.wait()
+        good = self.ckpt.latest_step()
+        where = f"step {good} in {self.ckpt.directory}" if good is not None else "none saved yet"
+        return FloatingPointError(
+            f"{what}; last good checkpoint: {where}. Lower the learning rate, or set "
+            "config.on_nonfinite_loss='skip' to skip updates with a NaN/Inf loss."
+        )
+
+
+class _Preemption:
+    """True at the step where every process should save and stop after a SIGTERM.
+
+    One process: our SIGTERM handler sets a flag. Several: JAX's preemption service (started by
+    jax.distributed.initialize) hears the signal and picks a step all processes reach.
+    """
+
+    def __init__(self):
+        self.flag = False
+        self.previous = None
+        if jax.process_count() == 1:
+            try:
+                self.previous = signal.signal(signal.SIGTERM, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                self.previous = None
+
+    def _handle(self, signum, frame) -> None:
+        del signum, frame
+        self.flag = True
+
+    def reached(self, step: int) -> bool:
+        if jax.process_count() == 1:
+            return self.flag
+        from jax.experimental import multihost_utils
+
+        return multihost_utils.reached_preemption_sync_point(step)
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+            self.previous = None
+
+
+class _BatchLog:
+    """workdir/batches/process_<i>.jsonl: per train step, a hash and the classes of the batch.
+
+    For checking exact resumption and data sharding (config.log_batches); appends, so a resumed
+    run's repeated steps appear twice and the last line of a step wins.
+    """
+
+    def __init__(self, workdir: str):
+        directory = os.path.join(workdir, "batches")
+        os.makedirs(directory, exist_ok=True)
+        self.file = open(os.path.join(directory, f"process_{jax.process_index()}.jsonl"), "a")
+
+    def write(self, step: int, batch: dict) -> None:
+        digest = hashlib.sha1()
+        for key in sorted(batch):
+            digest.update(key.encode())
+            digest.update(np.ascontiguousarray(batch[key]).tobytes())
+        classes = np.flatnonzero(batch["labels"][batch["weights"] > 0].any(0))
+        line = {"step": step, "sha1": digest.hexdigest(), "classes": classes.tolist()}
+        self.file.write(json.dumps(line) + "\n")
+        self.file.flush()
+
+    def write_params(self, step: int, params) -> None:
+        """A hash of this process's copy of the parameters (replicas must agree)."""
+        digest = hashlib.sha1()
+        for x in jax.tree.leaves(params):
+            if isinstance(x, jax.Array) and not x.is_fully_replicated:
+                from jax.experimental import multihost_utils
+
+                x = multihost_utils.process_allgather(x, tiled=True)
+            elif isinstance(x, jax.Array):
+                x = x.addressable_data(0)  # this process's own replica
+            digest.update(np.ascontiguousarray(x).tobytes())
+        self.file.write(json.dumps({"step": step, "params_sha1": digest.hexdigest()}) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
 
 
 def _log_eval(result: dict, workdir: str, writer, progress) -> None:

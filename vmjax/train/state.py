@@ -13,12 +13,13 @@ import optax
 
 @flax.struct.dataclass
 class TrainState:
-    """Everything a step updates: the step counter, parameters and optimizer state."""
+    """Everything a step updates, and all a checkpoint needs to continue the run exactly."""
 
     step: jax.Array
     params: Any
     opt_state: Any
     model_state: Any  # non-parameter collections, e.g. {'batch_stats': ...}; {} if none
+    rng: jax.Array  # base key of the run: step s draws dropout from fold_in(rng, s)
 
 
 def make_optimizer(
@@ -46,12 +47,17 @@ def learning_rate_schedule(opt: ml_collections.ConfigDict, num_train_steps: int)
 def create_train_state(
     model, tx: optax.GradientTransformation, example_inputs: dict, rng: jax.Array
 ) -> TrainState:
-    """Initialises parameters from example inputs and the optimizer state."""
-    variables = dict(model.init(rng, example_inputs, train=False))
+    """Initialises parameters from example inputs, the optimizer state and the step key.
+
+    `rng` splits into the run's base key (kept in the state) and the initialisation key.
+    """
+    base_rng, init_rng = jax.random.split(rng)
+    variables = dict(model.init(init_rng, example_inputs, train=False))
     params = variables.pop("params")
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         opt_state=tx.init(params),
         model_state=variables,
+        rng=base_rng,
     )

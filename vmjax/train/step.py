@@ -1,4 +1,11 @@
-"""Pure train and eval steps: (state, batch, rng) -> (state, metrics)."""
+"""Pure train and eval steps: (state, batch) -> (state, metrics).
+
+One step serves every kind of parallelism: under `jax.jit` on global arrays (one device or a
+`Mesh`) `axis_name` is None and XLA inserts the collectives; under `jax.pmap` the step sees its
+device's shard and `axis_name` names the device axis for the gradient all-reduce. Either way the
+update is that of the mean per-video loss over the whole global batch, so results do not depend
+on how the batch is split (across devices or into `grad_accum` micro-batches).
+"""
 
 from __future__ import annotations
 
@@ -9,13 +16,16 @@ import optax
 from vmjax.data import yt8m
 from vmjax.train.state import TrainState
 
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
-def model_inputs(batch: dict) -> dict:
+
+def model_inputs(batch: dict, dtype=jnp.float32) -> dict:
     """Model inputs from a batch: uint8 frames are dequantized here, on the device."""
     inputs = {}
     for key in ("rgb", "audio"):
         x = batch[key]
-        inputs[key] = yt8m.dequantize(x, xp=jnp) if x.dtype == jnp.uint8 else x.astype(jnp.float32)
+        x = yt8m.dequantize(x, xp=jnp) if x.dtype == jnp.uint8 else x.astype(jnp.float32)
+        inputs[key] = x.astype(dtype)
     for key in ("mask", "text_tokens", "text_mask"):
         if key in batch:
             inputs[key] = batch[key]
@@ -26,39 +36,133 @@ def weighted_loss(
     logits: jax.Array, labels: jax.Array, weights: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
     """Sum over classes of binary cross-entropy, summed over weighted videos; and the weight sum."""
+    logits = logits.astype(jnp.float32)
     per_video = optax.sigmoid_binary_cross_entropy(logits, labels.astype(jnp.float32)).sum(-1)
     return (per_video * weights).sum(), weights.sum()
 
 
-def train_step(
-    state: TrainState, batch: dict, rng: jax.Array, *, model, tx: optax.GradientTransformation
-) -> tuple[TrainState, dict]:
-    """One optimizer step on the mean per-video loss; updates batch statistics if any."""
-    mutable = list(state.model_state)
+def cast_floats(tree, dtype):
+    """Floating-point leaves of `tree` cast to `dtype` (the compute copy of float32 params)."""
+    return jax.tree.map(
+        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree
+    )
 
-    def loss_fn(params):
+
+def micro_batches(batch: dict, n: int) -> dict:
+    """`[B, ...]` leaves -> `[n, B/n, ...]`; micro-batch j takes rows j, j+n, j+2n, ...
+
+    Strided rather than contiguous so each device's rows of a batch-sharded array stay on that
+    device: every micro-batch is spread over all devices like the full batch.
+    """
+    size = jax.tree.leaves(batch)[0].shape[0]
+    if size % n:
+        raise ValueError(f"batch of {size} rows does not split into grad_accum={n} micro-batches")
+    return jax.tree.map(lambda x: jnp.swapaxes(x.reshape(size // n, n, *x.shape[1:]), 0, 1), batch)
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]
+    return jnp.stack(leaves).all() if leaves else jnp.array(True)
+
+
+def train_step(
+    state: TrainState,
+    batch: dict,
+    *,
+    model,
+    tx: optax.GradientTransformation,
+    dtype: str = "float32",
+    grad_accum: int = 1,
+    axis_name: str | None = None,
+    skip_nonfinite: bool = False,
+) -> tuple[TrainState, dict]:
+    """One optimizer step on the mean per-video loss of the (global) batch.
+
+    dtype: 'bfloat16' runs the model in bf16 on a cast copy of the float32 parameters; the
+      gradients, parameters and optimizer state stay float32, the loss is summed in float32.
+    grad_accum: the batch is split into this many micro-batches whose gradients are summed
+      (a `lax.scan`, so activations of one micro-batch are live at a time).
+    axis_name: the `pmap` device axis; gradients, losses and counts are summed over it.
+    skip_nonfinite: where the loss, a gradient or an updated parameter is NaN/Inf, keep the old
+      parameters and optimizer state (the step counter still advances); metrics['finite']
+      says which steps were bad.
+    Dropout draws from `fold_in(state.rng, step)` (and the device index under pmap).
+    """
+    compute_dtype = DTYPES[dtype]
+    mutable = list(state.model_state)
+    rng = jax.random.fold_in(state.rng, state.step)
+    if axis_name is not None:
+        rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+
+    def loss_fn(params, model_state, micro, rng):
         logits, new_model_state = model.apply(
-            {"params": params, **state.model_state},
-            model_inputs(batch),
+            {"params": cast_floats(params, compute_dtype), **model_state},
+            model_inputs(micro, compute_dtype),
             train=True,
             rngs={"dropout": rng},
             mutable=mutable,
         )
-        total, count = weighted_loss(logits, batch["labels"], batch["weights"])
-        return total / jnp.maximum(count, 1.0), new_model_state
+        total, count = weighted_loss(logits, micro["labels"], micro["weights"])
+        return total, (count, new_model_state)
 
-    (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if grad_accum == 1:
+        (total, (count, model_state)), grads = grad_fn(state.params, state.model_state, batch, rng)
+    else:
+
+        def accumulate(carry, micro):
+            grads, total, count, model_state, i = carry
+            (t, (c, model_state)), g = grad_fn(
+                state.params, model_state, micro, jax.random.fold_in(rng, i)
+            )
+            grads = jax.tree.map(jnp.add, grads, g)
+            return (grads, total + t, count + c, dict(model_state), i + 1), None
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        init = (zeros, jnp.zeros(()), jnp.zeros(()), dict(state.model_state), 0)
+        (grads, total, count, model_state, _), _ = jax.lax.scan(
+            accumulate, init, micro_batches(batch, grad_accum)
+        )
+    if axis_name is not None:
+        grads, total, count = jax.lax.psum((grads, total, count), axis_name)
+        model_state = jax.lax.pmean(model_state, axis_name)
+    scale = 1.0 / jnp.maximum(count, 1.0)
+    grads = jax.tree.map(lambda g: g * scale, grads)
+    loss = total * scale
+
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.tree.norm(grads)
+    # Finite loss and gradients can still overflow the parameters (a huge learning rate).
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(params)
+    if skip_nonfinite:
+
+        def keep(new, old):
+            return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+
+        params = keep(params, state.params)
+        opt_state = keep(opt_state, state.opt_state)
+        model_state = keep(dict(model_state), state.model_state)
     new_state = state.replace(
         step=state.step + 1, params=params, opt_state=opt_state, model_state=dict(model_state)
     )
-    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+    return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite}
 
 
-def eval_step(state: TrainState, batch: dict, *, model) -> dict:
-    """Class probabilities and the summed loss of a batch (padding rows weigh 0)."""
-    variables = {"params": state.params, **state.model_state}
-    logits = model.apply(variables, model_inputs(batch), train=False)
+def eval_step(state: TrainState, batch: dict, *, model, dtype: str = "float32") -> dict:
+    """Class probabilities and the summed loss of a batch (padding rows weigh 0).
+
+    Also passes the batch's labels and weights through, so a multi-process evaluation can gather
+    scores and labels of the global batch together.
+    """
+    compute_dtype = DTYPES[dtype]
+    variables = {"params": cast_floats(state.params, compute_dtype), **state.model_state}
+    logits = model.apply(variables, model_inputs(batch, compute_dtype), train=False)
     total, count = weighted_loss(logits, batch["labels"], batch["weights"])
-    return {"scores": jax.nn.sigmoid(logits), "loss_sum": total, "count": count}
+    return {
+        "scores": jax.nn.sigmoid(logits.astype(jnp.float32)),
+        "loss_sum": total,
+        "count": count,
+        "labels": batch["labels"],
+        "weights": batch["weights"],
+    }

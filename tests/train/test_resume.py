@@ -1,0 +1,143 @@
+"""Preemption and exact resumption, through the command line in subprocesses.
+
+An uninterrupted run of N steps is the reference. A second run is SIGKILLed midway and a third
+gets SIGTERM midway; each is then resumed to N. Resumed runs must end with bitwise the same
+parameters and optimizer state, and see the same batch at every step after the resume.
+"""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+STEPS = 40
+
+
+def _command(workdir, cache):
+    return [
+        sys.executable,
+        "-m",
+        "vmjax.main",
+        "--config",
+        "configs/yt8m.py:frame,smoke",
+        "--workdir",
+        str(workdir),
+        f"--config.data.cache_dir={cache}",
+        "--config.data.synthetic.num_train=256",
+        "--config.data.synthetic.num_validate=32",
+        "--config.batch_size=16",
+        "--config.eval_batch_size=32",
+        f"--config.num_train_steps={STEPS}",
+        f"--config.eval_every={STEPS}",
+        "--config.checkpoint_every=5",
+        "--config.keep_checkpoints=2",
+        "--config.log_batches=True",
+        "--config.model.vivit.dropout=0.1",
+        "--config.model.name=vivit",  # dropout: the per-step RNG must resume too
+        "--config.model.vivit.hidden_size=32",
+        "--config.model.vivit.num_layers=1",
+        "--config.model.vivit.mlp_dim=64",
+    ]
+
+
+def _start(workdir, cache):
+    return subprocess.Popen(
+        _command(workdir, cache),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for_checkpoint(proc, workdir, step, timeout=300):
+    """Returns once checkpoint `step` is complete (orbax renames it into place when done)."""
+    path = workdir / "checkpoints" / str(step)
+    deadline = time.monotonic() + timeout
+    while not path.is_dir():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
+
+
+def _final_state(workdir):
+    path = workdir / "checkpoints" / str(STEPS) / "state"
+    return jax.tree.map(np.asarray, ocp.StandardCheckpointer().restore(path))
+
+
+def _batches(workdir):
+    """step -> batch hash; a resumed run's repeated steps appear twice and the last one wins."""
+    lines = (workdir / "batches" / "process_0.jsonl").read_text().splitlines()
+    return {d["step"]: d["sha1"] for d in map(json.loads, lines) if "sha1" in d}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume")
+    cache, workdir = root / "cache", root / "uninterrupted"
+    proc = _start(workdir, cache)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    return cache, _final_state(workdir), _batches(workdir)
+
+
+def _assert_same_run(workdir, reference, first_resumed_step):
+    _, want_state, want_batches = reference
+    got_state = _final_state(workdir)
+    same = jax.tree.map(np.array_equal, got_state, want_state)
+    assert all(jax.tree.leaves(same)), "resumed parameters differ from the uninterrupted run"
+    got = _batches(workdir)
+    assert sorted(got) == list(range(1, STEPS + 1))
+    assert first_resumed_step < STEPS
+    for step in range(first_resumed_step, STEPS + 1):
+        assert got[step] == want_batches[step], f"batch of step {step} differs after resume"
+
+
+def test_sigkill_midway_then_resume_matches_the_uninterrupted_run(reference, tmp_path):
+    cache = reference[0]
+    workdir = tmp_path / "killed"
+    proc = _start(workdir, cache)
+    _wait_for_checkpoint(proc, workdir, 10)
+    proc.kill()
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    done = [s for s in os.listdir(workdir / "checkpoints") if s.isdigit()]
+    resumed_from = max(map(int, done))
+    assert 10 <= resumed_from < STEPS  # killed midway
+
+    again = subprocess.run(
+        _command(workdir, cache), cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"Resuming from checkpoint {workdir / 'checkpoints' / str(resumed_from)}" in again.stderr
+    _assert_same_run(workdir, reference, resumed_from + 1)
+
+
+def test_sigterm_saves_exits_cleanly_and_resumes_exactly(reference, tmp_path):
+    cache = reference[0]
+    workdir = tmp_path / "preempted"
+    proc = _start(workdir, cache)
+    _wait_for_checkpoint(proc, workdir, 10)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    text = out + err
+    assert "Preempted (SIGTERM) at step" in text
+    stopped = int(text.split("Preempted (SIGTERM) at step ")[1].split(":")[0])
+    assert 10 <= stopped < STEPS
+    assert (workdir / "checkpoints" / str(stopped) / "state").is_dir()
+
+    again = subprocess.run(
+        _command(workdir, cache), cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    _assert_same_run(workdir, reference, stopped + 1)
