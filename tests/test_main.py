@@ -66,3 +66,33 @@ def test_unknown_preset_is_a_clear_error(tmp_path):
     out = _run("-m", "vmjax.main", "--config", "configs/yt8m.py:tiny", "--workdir", str(tmp_path))
     assert out.returncode != 0
     assert "unknown preset" in out.stderr
+
+
+def test_distributed_flags_go_together(tmp_path):
+    out = _run(
+        "-m",
+        "vmjax.main",
+        "--config",
+        "configs/yt8m.py:smoke",
+        "--workdir",
+        str(tmp_path),
+        "--num_processes=2",
+    )
+    assert out.returncode != 0
+    assert "go together" in out.stderr
+
+
+def test_cluster_environment_detection(monkeypatch):
+    from vmjax import main
+
+    for key in ("SLURM_NTASKS", "SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES"):
+        monkeypatch.delenv(key, raising=False)
+    assert main._cluster_environment() is None
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    monkeypatch.setenv("SLURM_NTASKS", "1")  # one task: a plain single-process job
+    assert main._cluster_environment() is None
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    assert main._cluster_environment() == "SLURM"
+    monkeypatch.delenv("SLURM_JOB_ID")
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "10.0.0.2,10.0.0.3")
+    assert main._cluster_environment() == "Cloud TPU slice"

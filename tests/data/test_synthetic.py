@@ -238,3 +238,25 @@ def test_ensure_reuses_the_cache(tmp_path):
     d1 = synthetic.ensure(str(tmp_path), spec, log=calls.append)
     d2 = synthetic.ensure(str(tmp_path), spec, log=calls.append)
     assert d1 == d2 and len(calls) == 2  # one generation: a start and an end message
+
+
+def test_ensure_tolerates_a_concurrent_writer(tmp_path, monkeypatch):
+    """Two processes generating the same dataset at once: the loser keeps the winner's copy."""
+    spec = synthetic.Spec(num_train=8, num_validate=4, num_train_shards=1, num_validate_shards=1)
+    out = synthetic.ensure(str(tmp_path), spec, log=lambda *_: None)
+    first = open(os.path.join(out, "manifest.json")).read()
+    real_exists, manifest = os.path.exists, os.path.join(out, "manifest.json")
+    asked = []
+
+    def exists(path):  # the first look finds nothing, as if the other writer were not done
+        if path == manifest and not asked:
+            asked.append(path)
+            return False
+        return real_exists(path)
+
+    # This process saw no dataset when it started, so it generates one and finds `out` taken.
+    monkeypatch.setattr(synthetic.os.path, "exists", exists)
+    seen = synthetic.ensure(str(tmp_path), spec, log=lambda *_: None)
+    monkeypatch.undo()
+    assert seen == out and open(os.path.join(out, "manifest.json")).read() == first
+    assert os.listdir(tmp_path) == [os.path.basename(out)]  # no temporary directory left

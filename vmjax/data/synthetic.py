@@ -24,6 +24,7 @@ from __future__ import annotations
 import concurrent.futures
 import csv
 import dataclasses
+import errno
 import importlib.resources
 import json
 import multiprocessing
@@ -467,7 +468,13 @@ def generate(out: str, spec: Spec = Spec(), *, workers: int | None = None, log=p
         }
         with open(os.path.join(tmp, "manifest.json"), "w") as f:
             json.dump(manifest, f, indent=2)
-        os.replace(tmp, out)
+        try:
+            os.replace(tmp, out)
+        except OSError as e:
+            done = os.path.exists(os.path.join(out, "manifest.json"))
+            if e.errno in (errno.EEXIST, errno.ENOTEMPTY) and done:
+                raise FileExistsError(f"{out} was written by another process meanwhile") from e
+            raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

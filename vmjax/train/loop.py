@@ -36,13 +36,25 @@ def resolve_data(config: ml_collections.ConfigDict) -> tuple[list[str], list[str
     train_pattern, eval_pattern = d.train_pattern, d.eval_pattern
     if not train_pattern:
         spec = synthetic.Spec(num_classes=d.num_classes, **d.synthetic.to_dict())
+        # Process 0 generates while the others wait; they then find it (on a shared disk) or
+        # generate the identical data themselves (on a local one).
+        if jax.process_count() > 1 and jax.process_index() > 0:
+            _barrier("embedded data")
         data_dir = synthetic.ensure(d.cache_dir, spec, log=logging.info)
+        if jax.process_count() > 1 and jax.process_index() == 0:
+            _barrier("embedded data")
         train_pattern, eval_pattern = synthetic.patterns(data_dir, d.level)
     return (
         pipeline.resolve_files(train_pattern, "data.train_pattern"),
         pipeline.resolve_files(eval_pattern, "data.eval_pattern"),
         data_dir,
     )
+
+
+def _barrier(name: str) -> None:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
 
 
 def evaluate(
@@ -273,7 +285,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
                 ckpt.save(step, par.checkpoint_view(state), train_iter)
             if preempted and not last:
                 ckpt.wait()
-                progress.write(
+                (progress.write if is_main else logging.info)(
                     f"Preempted (SIGTERM) at step {step}: saved checkpoint "
                     f"{os.path.join(ckpt.directory, str(step))}; run the same command to resume"
                 )
