@@ -17,13 +17,13 @@ waiting for each (-> step_ms, the median, which load from other jobs disturbs le
 FLOPs per example: XLA's cost analysis of the compiled train step (forward, backward and
 optimizer update), counted with grad_accum=1 because XLA counts a loop body once; 3x the forward
 pass is printed beside it as a cross-check. A model with a loop over time (lstm) is undercounted
-the same way; the script says so. mfu is printed on GPU/TPU kinds in PEAK_FLOPS only.
+the same way; the script says so. mfu is printed on GPU/TPU kinds in
+vmjax.tools.flops.PEAK_FLOPS only.
 
 Single process only. Progress goes to stderr; results go to stdout as `key value` lines.
 """
 
 import functools
-import re
 import statistics
 import sys
 import time
@@ -37,9 +37,10 @@ from ml_collections import config_flags
 
 from vmjax.data import pipeline
 from vmjax.models import build_model
+from vmjax.tools.flops import forward_flops, peak_flops, step_flops
 from vmjax.train import parallel
 from vmjax.train import state as state_lib
-from vmjax.train.step import DTYPES, cast_floats, model_inputs
+from vmjax.train.step import DTYPES, model_inputs
 
 config_flags.DEFINE_config_file(
     "config",
@@ -54,55 +55,9 @@ flags.DEFINE_integer("warmup", 2, "Untimed steps first; the first one compiles t
 flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
 
-# Dense (no sparsity) peak FLOP/s of one JAX device: (name, device_kind regex, 16-bit tensor
-# cores, TF32 tensor cores, float32 without tensor cores). The first match wins. Sources, the
-# vendors' datasheets (NVIDIA quotes tensor-core figures with 2:4 sparsity; halved here):
-#   H100 SXM / PCIe: https://resources.nvidia.com/en-us-tensor-core/nvidia-tensor-core-gpu-datasheet
-#   H200 (and GH200): https://www.nvidia.com/en-us/data-center/h200/ - same compute as H100 SXM
-#   A100: https://www.nvidia.com/content/dam/en-zz/Solutions/Data-Center/a100/pdf/nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf
-#   V100: https://images.nvidia.com/content/technologies/volta/pdf/volta-v100-datasheet-update-us-1165301-r5.pdf
-#     (fp16 tensor cores; Volta has no bf16 or TF32, so a bf16 run there does not reach this)
-#   TPU: https://cloud.google.com/tpu/docs/v4, /v5e, /v5p, /v6e ("peak compute per chip (bf16)";
-#     one JAX device per chip on these). TPUs run float32 matmuls as bf16 passes by default.
-# NVL boards (H100 NVL, H200 NVL) run at other clocks and are left out: mfu n/a there.
-PEAK_FLOPS = (
-    ("H100 PCIe", r"H100.*PCIe", 756e12, 378e12, 51e12),
-    ("H100 SXM", r"H100(?!.*NVL)", 989e12, 494e12, 67e12),
-    ("H200/GH200", r"H200(?!.*NVL)", 989e12, 494e12, 67e12),
-    ("A100", r"A100", 312e12, 156e12, 19.5e12),
-    ("V100 PCIe", r"V100.*PCIe", 112e12, None, 14e12),
-    ("V100 SXM2", r"V100", 125e12, None, 15.7e12),
-    ("TPU v4", r"^TPU v4$", 275e12, 275e12, 275e12),
-    ("TPU v5e", r"^TPU v5( lite|e)", 197e12, 197e12, 197e12),
-    ("TPU v5p", r"^TPU v5p?$", 459e12, 459e12, 459e12),
-    ("TPU v6e", r"^TPU v6( lite|e)", 918e12, 918e12, 918e12),
-)
-# jax_default_matmul_precision values that keep float32 matmuls off TF32 tensor cores.
-_FULL_FLOAT32 = ("float32", "highest", "F32_F32_F32")
-
 
 def _log(message: str) -> None:
     print(f"train_throughput: {message}", file=sys.stderr, flush=True)
-
-
-def peak_flops(device_kind: str, dtype: str, matmul_precision: str | None) -> tuple[float, str]:
-    """Peak FLOP/s of one device for `dtype` compute, and what it is; raises KeyError if unknown.
-
-    float32 on Ampere/Hopper counts against TF32: JAX's default precision runs float32 matmuls
-    on TF32 tensor cores there, unless jax_default_matmul_precision asks for full float32.
-    """
-    for name, pattern, half, tf32, fp32 in PEAK_FLOPS:
-        if re.search(pattern, device_kind, re.IGNORECASE):
-            if dtype == "bfloat16" and tf32 is None:
-                return half, f"{name} fp16 tensor cores (which bf16 cannot use on Volta)"
-            if dtype == "bfloat16":
-                return half, f"{name} 16-bit dense"
-            if name.startswith("TPU"):
-                return half, f"{name} bf16 (float32 matmuls run as bf16 passes)"
-            if tf32 is None or str(matmul_precision) in _FULL_FLOAT32:
-                return fp32, f"{name} float32 without tensor cores"
-            return tf32, f"{name} TF32 dense (JAX's default float32 matmul precision)"
-    raise KeyError(device_kind)
 
 
 def random_batch(spec: pipeline.BatchSpec, batch_size: int, seed: int) -> dict:
@@ -134,42 +89,50 @@ def put_batch_once(par: parallel.Parallel, batch: dict) -> dict:
     return placed
 
 
-def _flops_and_loops(compiled) -> tuple[float | None, bool]:
-    cost = compiled.cost_analysis()
-    if isinstance(cost, list | tuple):  # older JAX returned one dict per device
-        cost = cost[0] if cost else None
-    flops = cost.get("flops") if cost else None
-    # XLA counts a while loop's body once, whatever its trip count.
-    return (flops if flops and flops > 0 else None), " while(" in compiled.as_text()
-
-
-def step_flops(config, model, tx, state, batch) -> tuple[float | None, bool]:
-    """FLOPs of one train step on the global batch, from XLA's cost analysis; and any loops.
-
-    The compiled, partitioned step is one device's program, so its count is multiplied by the
-    device count; work every device repeats (the optimizer update of replicated parameters) is
-    then counted once per device, which is small next to the model at useful batch sizes.
-    """
-    flat = config.copy_and_resolve_references()
-    flat.grad_accum = 1  # same arithmetic; micro-batches would be a loop XLA counts once
-    par = parallel.create(flat, model, tx)
-    flops, loops = _flops_and_loops(jax.jit(par.train_step).lower(state, batch).compile())
-    return (None if flops is None else flops * jax.device_count()), loops
-
-
-def forward_flops(model, state, inputs, dtype: str) -> tuple[float | None, bool]:
-    """FLOPs of the forward pass (train=False) on one device, from shapes only."""
-    variables = jax.eval_shape(
-        lambda s: {"params": cast_floats(s.params, DTYPES[dtype]), **s.model_state}, state
-    )
-    forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
-    return _flops_and_loops(forward.lower(variables, inputs).compile())
-
-
 def _seconds(fn, *args):
     t0 = time.perf_counter()
     out = jax.block_until_ready(fn(*args))
     return time.perf_counter() - t0, out
+
+
+def time_steps(train_step, state, batch, warmup: int, steps: int):
+    """(state, first step's seconds, seconds of `steps` back to back, each of `steps` steps).
+
+    The state is donated to every step: always carry the new one.
+    """
+    _log(f"compiling and running {warmup} warmup step(s)")
+    first_s, (state, _) = _seconds(train_step, state, batch)
+    for _ in range(warmup - 1):
+        state, _ = train_step(state, batch)
+    jax.block_until_ready(state)
+
+    _log(f"timing {steps} steps back to back")
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        state, _ = train_step(state, batch)
+    jax.block_until_ready(state)
+    total_s = time.perf_counter() - t0
+
+    _log(f"timing {steps} steps one at a time")
+    each_s = []
+    for _ in range(steps):
+        seconds, (state, _) = _seconds(train_step, state, batch)
+        each_s.append(seconds)
+    return state, first_s, total_s, each_s
+
+
+def mfu_results(device_kind: str, dtype: str, flops_per_s: float | None) -> list[tuple]:
+    """`mfu` (and the peak it divides by) for one device of `device_kind`, or why there is none."""
+    if jax.default_backend() == "cpu":
+        return [("mfu", "n/a (CPU has no peak FLOP/s table entry)")]
+    try:
+        peak, what = peak_flops(device_kind, dtype, jax.config.jax_default_matmul_precision)
+    except KeyError:
+        return [("mfu", f"n/a (no peak FLOP/s for device kind {device_kind!r})")]
+    out = [("peak_flops_per_device", f"{peak:.4g}"), ("peak_source", what)]
+    if flops_per_s is None:
+        return out + [("mfu", "n/a (no FLOP count)")]
+    return out + [("mfu", f"{flops_per_s / (jax.device_count() * peak):.4f}")]
 
 
 def main(argv):
@@ -200,24 +163,9 @@ def main(argv):
     state = par.put_state(host_state)
     batch = put_batch_once(par, host_batch)
 
-    _log(f"compiling and running {FLAGS.warmup} warmup step(s)")
-    compile_s, (state, _) = _seconds(par.train_step, state, batch)
-    for _ in range(FLAGS.warmup - 1):
-        state, _ = par.train_step(state, batch)
-    jax.block_until_ready(state)
-
-    _log(f"timing {FLAGS.steps} steps back to back")
-    t0 = time.perf_counter()
-    for _ in range(FLAGS.steps):
-        state, _ = par.train_step(state, batch)  # state is donated: always keep the new one
-    jax.block_until_ready(state)
-    total_s = time.perf_counter() - t0
-
-    _log(f"timing {FLAGS.steps} steps one at a time")
-    step_s = []
-    for _ in range(FLAGS.steps):
-        seconds, (state, _) = _seconds(par.train_step, state, batch)
-        step_s.append(seconds)
+    state, first_s, total_s, step_s = time_steps(
+        par.train_step, state, batch, FLAGS.warmup, FLAGS.steps
+    )
 
     _log("counting FLOPs (compiles the step and the forward pass once more)")
     flops_step, step_loops = step_flops(config, model, tx, state, batch)
@@ -245,7 +193,7 @@ def main(argv):
     results += [
         ("steps", FLAGS.steps),
         ("warmup", FLAGS.warmup),
-        ("first_step_s", f"{compile_s:.2f}"),  # compile + one step
+        ("first_step_s", f"{first_s:.2f}"),  # compile + one step
         ("examples_per_s", f"{examples_per_s:.2f}"),
         ("examples_per_s_per_device", f"{examples_per_s / n_devices:.2f}"),
         ("step_ms", f"{1e3 * statistics.median(step_s):.3f}"),
@@ -262,6 +210,7 @@ def main(argv):
     else:
         flops_per_example, source = None, "none (XLA gave no cost analysis)"
     results.append(("flops_source", source))
+    flops_per_s = None
     if flops_per_example is not None:
         flops_per_s = flops_per_example * examples_per_s
         results += [
@@ -272,21 +221,7 @@ def main(argv):
     if step_loops or forward_loops:
         note = "the step has loops XLA counts once (e.g. over time): flops and mfu are lower bounds"
         results.append(("flops_note", note))
-    if jax.default_backend() == "cpu":
-        results.append(("mfu", "n/a (CPU has no peak FLOP/s table entry)"))
-    else:
-        try:
-            peak, peak_what = peak_flops(
-                device_kind, config.dtype, jax.config.jax_default_matmul_precision
-            )
-        except KeyError:
-            results.append(("mfu", f"n/a (no peak FLOP/s for device kind {device_kind!r})"))
-        else:
-            results += [("peak_flops_per_device", f"{peak:.4g}"), ("peak_source", peak_what)]
-            if flops_per_example is None:
-                results.append(("mfu", "n/a (no FLOP count)"))
-            else:
-                results.append(("mfu", f"{flops_per_s / (n_devices * peak):.4f}"))
+    results += mfu_results(device_kind, config.dtype, flops_per_s)
     stats = jax.devices()[0].memory_stats()
     if stats and "peak_bytes_in_use" in stats:
         results.append(("device0_peak_memory_gib", f"{stats['peak_bytes_in_use'] / 2**30:.2f}"))
