@@ -133,7 +133,9 @@ def write_table(rows: list[dict], oracle: dict, path: str, steps: int) -> None:
         "`configs/yt8m.py:<model>` preset at CPU size (the exact command is under the table) "
         "and is evaluated on the 4,000 validation videos. Columns are GAP@20 restricted to "
         "each kind's classes; the oracle row is the best achievable (label noise keeps it "
-        "below 1).",
+        "below 1). train ex/s is wall-clock throughput of the whole run (evaluation included) "
+        "and depends on what else shared the machine: rows re-run with --update (vivit, "
+        "multimodal) ran beside other jobs, so compare it only roughly.",
         "",
         head,
         "|" + "---|" * (len(kinds) + 4),

@@ -216,8 +216,14 @@ def train_dataset(
     shuffle_buffer: int,
     cycle_length: int,
     prefetch: int = 2,
+    workers: int = 0,
 ) -> grain.IterDataset:
-    """An infinite, shuffled stream of training batches from this process's files."""
+    """An infinite, shuffled stream of training batches from this process's files.
+
+    workers > 0 reads, decodes and batches in that many processes (grain's mp_prefetch), each
+    on its own slice of the file list (so use at least that many files); 0 keeps it in this
+    process with `prefetch` batches prepared ahead in a thread.
+    """
     files_ds = grain.MapDataset.source(list(files)).shuffle(seed=seed).repeat()
     ds = grain.experimental.InterleaveIterDataset(
         files_ds.map(RecordFileDataset), cycle_length=min(cycle_length, len(files))
@@ -226,6 +232,15 @@ def train_dataset(
     if shuffle_buffer > 1:
         ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=shuffle_buffer, seed=seed)
     ds = ds.batch(batch_size, drop_remainder=True, batch_fn=make_collate(spec, batch_size))
+    if workers:
+        if workers > len(files):
+            raise ValueError(
+                f"data.workers={workers} needs at least as many files; this process has "
+                f"{len(files)}"
+            )
+        return ds.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=prefetch)
+        )
     if prefetch:
         ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch)
     return ds

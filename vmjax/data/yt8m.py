@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from google.protobuf import message
 from tensorflow_datasets.proto import tf_example_pb2
+from tensorflow_datasets.proto import tf_feature_generated_pb2 as tf_feature_pb2
 
 from vmjax.data.tfrecord import RecordError
 
@@ -249,6 +250,113 @@ def decode_video_example(
     return out
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _frame_header(dim: int) -> np.ndarray:
+    """Wire bytes before each frame's data in a FeatureList of 1-string bytes_list frames.
+
+    FeatureList.feature (field 1), Feature.bytes_list (field 1) and BytesList.value (field 1)
+    are each a tag 0x0a and a varint length: 0a L1 0a L2 0a L3, L3 = dim.
+    """
+    value = b"\x0a" + _varint(dim)
+    bytes_list = b"\x0a" + _varint(len(value) + dim)
+    feature = b"\x0a" + _varint(len(bytes_list) + len(value) + dim)
+    return np.frombuffer(feature + bytes_list + value, np.uint8)
+
+
+_FRAME_HEADERS = {dim: _frame_header(dim) for dim in (RGB_DIM, AUDIO_DIM)}
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    """(value, next position) of the varint at `pos`; raises IndexError past the end."""
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        value |= (byte & 0x7F) << shift
+        pos += 1
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _len_fields(data: bytes, start: int, end: int):
+    """(field number, value start, value end) of each length-delimited field in data[start:end].
+
+    Raises ValueError at anything else (another wire type, a length past the end), so callers
+    can fall back to the protobuf parser, which names the problem.
+    """
+    pos = start
+    while pos < end:
+        tag, pos = _read_varint(data, pos)
+        if tag & 7 != 2:
+            raise ValueError("not a length-delimited field")
+        length, pos = _read_varint(data, pos)
+        if pos + length > end:
+            raise ValueError("length past the end")
+        yield tag >> 3, pos, pos + length
+        pos += length
+
+
+def _split_sequence_example(data: bytes) -> tuple[bytes, dict[str, tuple[int, int]]] | None:
+    """Context bytes and the byte range of each FeatureList of a serialized SequenceExample.
+
+    SequenceExample = {1: context Features, 2: feature_lists FeatureLists}; FeatureLists =
+    repeated {1: key, 2: FeatureList} map entries. Only this plain layout is split (what TF and
+    our encoder write); anything unusual (unknown or repeated fields) returns None and the
+    caller parses with protobuf instead.
+    """
+    try:
+        context, lists = b"", {}
+        seen = set()
+        for field, start, end in _len_fields(data, 0, len(data)):
+            if field in seen or field not in (1, 2):
+                return None
+            seen.add(field)
+            if field == 1:
+                context = data[start:end]
+                continue
+            for entry_field, e_start, e_end in _len_fields(data, start, end):
+                if entry_field != 1:
+                    return None
+                parts = {f: (a, b) for f, a, b in _len_fields(data, e_start, e_end)}
+                if set(parts) - {1, 2} or 1 not in parts:
+                    return None
+                key = data[slice(*parts[1])].decode("utf-8")
+                if key in lists:
+                    return None
+                lists[key] = parts.get(2, (e_end, e_end))
+        return context, lists
+    except (IndexError, ValueError, UnicodeDecodeError):
+        return None
+
+
+def _regular_frames(data: bytes, start: int, end: int, dim: int) -> np.ndarray | None:
+    """[T, dim] uint8 from a FeatureList's bytes without a Python step per frame.
+
+    When every frame is one dim-byte string, the FeatureList is T rows of (header + dim) bytes;
+    the rows are checked and the data columns copied out with numpy. Any other layout (float
+    frames, wrong sizes, several strings per frame) returns None: the per-frame path decodes it
+    or names the bad frame.
+    """
+    header = _FRAME_HEADERS[dim]
+    stride = len(header) + dim
+    if (end - start) % stride:
+        return None
+    rows = np.frombuffer(data, np.uint8, count=end - start, offset=start).reshape(-1, stride)
+    if not (rows[:, : len(header)] == header).all():
+        return None
+    return rows[:, len(header) :].copy()  # writable, contiguous
+
+
 def _frames(feature_lists: Any, key: str, err: _Err) -> np.ndarray:
     """Decodes a feature list to [T, D]: uint8 from bytes frames, float32 from float frames."""
     dim = _DIMS[key]
@@ -299,6 +407,23 @@ def _segments(context: Any, err: _Err, num_classes: int | None) -> dict[str, np.
     return out
 
 
+def _fast_frames(data: bytes) -> dict | None:
+    """{'context': bytes, 'rgb': [T, 1024], 'audio': [T, 128]} for plain bytes frames, else None."""
+    split = _split_sequence_example(data)
+    if split is None:
+        return None
+    context, lists = split
+    out = {"context": context}
+    for key, dim in _DIMS.items():
+        if key not in lists:
+            return None
+        frames = _regular_frames(data, *lists[key], dim)
+        if frames is None:
+            return None
+        out[key] = frames
+    return out
+
+
 def decode_frame_example(
     data: bytes,
     *,
@@ -316,13 +441,17 @@ def decode_frame_example(
       num_classes: if given, labels and segment labels outside [0, num_classes) are errors.
     """
     err = functools.partial(RecordError, path, index, offset)
-    example = _parse(tf_example_pb2.SequenceExample, data, err)
-    context = example.context.feature
+    frames = _fast_frames(data)
+    if frames is not None:  # the usual layout: protobuf parses only the small context
+        context = _parse(tf_feature_pb2.Features, frames.pop("context"), err).feature
+    else:
+        example = _parse(tf_example_pb2.SequenceExample, data, err)
+        context = example.context.feature
+        feature_lists = example.feature_lists.feature_list
+        frames = {key: _frames(feature_lists, key, err) for key in ("rgb", "audio")}
     out = _context(context, err, num_classes)
     out.update(_segments(context, err, num_classes))
-    feature_lists = example.feature_lists.feature_list
-    out["rgb"] = _frames(feature_lists, "rgb", err)
-    out["audio"] = _frames(feature_lists, "audio", err)
+    out["rgb"], out["audio"] = frames["rgb"], frames["audio"]
     if len(out["rgb"]) != len(out["audio"]):
         raise err("audio", f"has {len(out['audio'])} frames, rgb has {len(out['rgb'])}")
     return out
