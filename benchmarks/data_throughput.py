@@ -27,9 +27,6 @@ def _log(msg: str) -> None:
 
 
 def run_ours(args) -> float:
-    from absl import flags
-
-    flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags
     from vmjax.data import pipeline
 
     files = pipeline.resolve_files(args.pattern, "--pattern")

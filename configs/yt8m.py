@@ -61,7 +61,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.text_vocab_size = 8192  # token ids must be < this (the embedded data's vocabulary)
     c.data.shuffle_buffer = 4096  # examples in the shuffle window
     c.data.cycle_length = 8  # files read concurrently (interleaved)
-    c.data.prefetch = 2  # batches prepared ahead in a thread
+    c.data.prefetch = 2  # batches prepared ahead (in a thread, or per worker process)
+    c.data.workers = 0  # reader processes (grain mp_prefetch); 0 reads in this process
     c.data.cache_dir = "~/.cache/vmjax"  # where the embedded dataset is generated once
     c.data.synthetic = (
         ml_collections.ConfigDict()

@@ -206,3 +206,25 @@ def test_example_batch_matches_real_batches(data_dir, level):
     assert fake.keys() == real.keys()
     for k in real:
         assert (fake[k].shape, fake[k].dtype) == (real[k].shape, real[k].dtype), k
+
+
+def test_worker_processes_resume_exactly_and_state_is_json(data_dir):
+    import json
+
+    files = _files(data_dir, "frame", "train")
+    kw = dict(batch_size=3, cycle_length=2, shuffle_buffer=4, prefetch=1, workers=2)
+    it = iter(_train(files, "frame", **kw))
+    for _ in range(3):
+        next(it)
+    state = json.loads(json.dumps(it.get_state()))  # as the checkpoint stores it
+    want = [next(it) for _ in range(12)]
+    it.close()
+    fresh = iter(_train(files, "frame", **kw))
+    fresh.set_state(state)
+    for w in want:
+        got = next(fresh)
+        for k in w:
+            np.testing.assert_array_equal(got[k], w[k])
+    fresh.close()
+    with pytest.raises(ValueError, match="at least as many files"):
+        _train(files[:1], "frame", **kw)

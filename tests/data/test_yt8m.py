@@ -1,5 +1,6 @@
 """YouTube-8M records against a hand-written protobuf wire codec, TF-written files and the spec."""
 
+import functools
 import json
 import pathlib
 import struct
@@ -650,3 +651,52 @@ def test_dequantize_is_exact_under_jit():
     want = q.astype(np.float32) * np.float32(4 / 255) + np.float32(4 / 512 - 2)
     got = jax.jit(lambda x: yt8m.dequantize(x, xp=jnp))(q)
     np.testing.assert_array_equal(np.asarray(got), want)
+
+
+def _protobuf_frames(data):
+    """The per-frame protobuf path, bypassing the wire-format fast path."""
+    lists = yt8m.tf_example_pb2.SequenceExample.FromString(data).feature_lists.feature_list
+    err = functools.partial(RecordError, "p", 0, 0)
+    return {key: yt8m._frames(lists, key, err) for key in ("rgb", "audio")}
+
+
+@pytest.mark.parametrize("num_frames", [0, 1, 7, 301])
+def test_fast_frame_path_equals_the_protobuf_path(num_frames):
+    rng = np.random.default_rng(num_frames)
+    rgb = rng.integers(0, 256, (num_frames, 1024), dtype=np.uint8)
+    audio = rng.integers(0, 256, (num_frames, 128), dtype=np.uint8)
+    data = yt8m.encode_frame_example("v", [3, 1], rgb, audio, text_tokens=[4])
+    fast = yt8m._fast_frames(data)
+    assert fast is not None  # our encoder writes the plain layout
+    slow = _protobuf_frames(data)
+    for key in ("rgb", "audio"):
+        np.testing.assert_array_equal(fast[key], slow[key])
+        assert fast[key].dtype == np.uint8 and fast[key].shape == slow[key].shape
+
+
+def test_tensorflow_written_byte_frames_take_the_fast_path():
+    path = str(FIXTURES / "frame.tfrecord")
+    expected = _expected()["frame.tfrecord"]
+    for (_, _, payload), want in zip(read_records(path), expected, strict=True):
+        fast = yt8m._fast_frames(payload)
+        if want["float_frames"]:
+            assert fast is None  # float frames go through protobuf
+            continue
+        assert fast is not None
+        np.testing.assert_array_equal(fast["rgb"], _hex_frames(want["rgb"], 1024))
+
+
+def test_unusual_layouts_fall_back_to_protobuf():
+    good = yt8m.encode_frame_example(
+        "v", [1], np.zeros((2, 1024), np.uint8), np.zeros((2, 128), np.uint8)
+    )
+    # A second copy of the context field: valid protobuf (fields merge), not the plain layout.
+    context = yt8m.tf_example_pb2.SequenceExample.FromString(good).context.SerializeToString()
+    doubled = good + b"\x0a" + bytes([len(context)]) + context
+    assert yt8m._fast_frames(doubled) is None
+    assert yt8m.decode_frame_example(doubled)["rgb"].shape == (2, 1024)
+    # A frame of 1023 bytes: the fast path declines, the protobuf path names the frame.
+    bad = _frames_with(rgb=[bytes_feature([bytes(1024)])] * 3 + [bytes_feature([bytes(1023)])])
+    assert yt8m._fast_frames(bad) is None
+    with pytest.raises(RecordError, match="frame 3 has 1023 bytes"):
+        yt8m.decode_frame_example(bad)

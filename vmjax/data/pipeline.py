@@ -22,7 +22,7 @@ import grain
 import ml_collections
 import numpy as np
 
-from vmjax.data import tfrecord, yt8m
+from vmjax.data import streams, tfrecord, yt8m
 
 LEVELS = ("frame", "video")
 
@@ -127,7 +127,7 @@ def make_decoder(spec: BatchSpec) -> Callable:
             ex = yt8m.decode_video_example(payload, **where)
             out = {"rgb": ex["mean_rgb"], "audio": ex["mean_audio"]}
         else:
-            ex = yt8m.decode_frame_example(payload, **where)
+            ex = yt8m.decode_frame_example(payload, **where, segments=False)
             # The official reader keeps the first max_frames frames, num_frames = min(T, max).
             out = {"rgb": ex["rgb"][: spec.max_frames], "audio": ex["audio"][: spec.max_frames]}
         tokens = ex["text_tokens"]
@@ -192,6 +192,20 @@ def make_collate(spec: BatchSpec, batch_size: int) -> Callable[[Sequence[dict]],
     return collate
 
 
+def make_batcher(spec: BatchSpec, batch_size: int) -> Callable[[Sequence[tuple]], dict]:
+    """Decodes raw (path, index, offset, payload) records and collates them into a batch.
+
+    One batch function instead of a per-record map stage keeps grain's per-element bookkeeping
+    off the hot path.
+    """
+    decode, collate = make_decoder(spec), make_collate(spec, batch_size)
+
+    def batch(items: Sequence[tuple]) -> dict:
+        return collate([decode(item) for item in items])
+
+    return batch
+
+
 def example_batch(spec: BatchSpec, batch_size: int = 1) -> dict:
     """A zero batch with the shapes and dtypes the pipeline produces (for initialisation)."""
     if spec.level == "video":
@@ -224,22 +238,29 @@ def train_dataset(
     on its own slice of the file list (so use at least that many files); 0 keeps it in this
     process with `prefetch` batches prepared ahead in a thread.
     """
-    files_ds = grain.MapDataset.source(list(files)).shuffle(seed=seed).repeat()
-    ds = grain.experimental.InterleaveIterDataset(
-        files_ds.map(RecordFileDataset), cycle_length=min(cycle_length, len(files))
+    ds = streams.InterleavedRecords(
+        grain.MapDataset.source(list(files)),
+        cycle_length=min(cycle_length, len(files)),
+        seed=seed,
+        repeat=True,  # each epoch in a new file order
     )
-    ds = ds.map(make_decoder(spec))
-    if shuffle_buffer > 1:
-        ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=shuffle_buffer, seed=seed)
-    ds = ds.batch(batch_size, drop_remainder=True, batch_fn=make_collate(spec, batch_size))
+    if shuffle_buffer > 1:  # of raw records; decoding happens per batch
+        ds = streams.WindowShuffle(ds, window_size=shuffle_buffer, seed=seed)
+    ds = ds.batch(batch_size, drop_remainder=True, batch_fn=make_batcher(spec, batch_size))
     if workers:
         if workers > len(files):
             raise ValueError(
                 f"data.workers={workers} needs at least as many files; this process has "
                 f"{len(files)}"
             )
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():  # grain reads its absl flags in the workers
+            flags.FLAGS.mark_as_parsed()
+        # Each worker reads a contiguous block of this process's files.
         return ds.mp_prefetch(
-            grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=prefetch)
+            grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=prefetch),
+            sequential_slice=True,
         )
     if prefetch:
         ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch)
@@ -251,7 +272,6 @@ def eval_batches(files: Sequence[str], spec: BatchSpec, *, batch_size: int) -> I
     ds = grain.experimental.InterleaveIterDataset(
         grain.MapDataset.source(list(files)).map(RecordFileDataset), cycle_length=1
     )
-    ds = ds.map(make_decoder(spec))
-    ds = ds.batch(batch_size, batch_fn=make_collate(spec, batch_size))
+    ds = ds.batch(batch_size, batch_fn=make_batcher(spec, batch_size))
     ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=2)
     return iter(ds)

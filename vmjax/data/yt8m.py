@@ -354,7 +354,8 @@ def _regular_frames(data: bytes, start: int, end: int, dim: int) -> np.ndarray |
     rows = np.frombuffer(data, np.uint8, count=end - start, offset=start).reshape(-1, stride)
     if not (rows[:, : len(header)] == header).all():
         return None
-    return rows[:, len(header) :].copy()  # writable, contiguous
+    # A read-only view over the record's bytes: the batch collation copies it exactly once.
+    return rows[:, len(header) :]
 
 
 def _frames(feature_lists: Any, key: str, err: _Err) -> np.ndarray:
@@ -431,14 +432,18 @@ def decode_frame_example(
     index: int = 0,
     offset: int = 0,
     num_classes: int | None = None,
+    segments: bool = True,
 ) -> dict[str, Any]:
     """Decodes a frame-level record into id, labels, rgb, audio, text_tokens and segment fields.
 
     All frames are returned (also 0 or more than MAX_FRAMES); truncation is the pipeline's job.
+    uint8 frames may be read-only views over `data` (copy them to modify).
 
     Args:
       path, index, offset: where the record came from, for error messages.
       num_classes: if given, labels and segment labels outside [0, num_classes) are errors.
+      segments: decode (and check) the 2019 segment fields; False leaves them out (faster, for
+        video-level training, which does not use them).
     """
     err = functools.partial(RecordError, path, index, offset)
     frames = _fast_frames(data)
@@ -450,7 +455,8 @@ def decode_frame_example(
         feature_lists = example.feature_lists.feature_list
         frames = {key: _frames(feature_lists, key, err) for key in ("rgb", "audio")}
     out = _context(context, err, num_classes)
-    out.update(_segments(context, err, num_classes))
+    if segments:
+        out.update(_segments(context, err, num_classes))
     out["rgb"], out["audio"] = frames["rgb"], frames["audio"]
     if len(out["rgb"]) != len(out["audio"]):
         raise err("audio", f"has {len(out['audio'])} frames, rgb has {len(out['rgb'])}")

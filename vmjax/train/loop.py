@@ -200,6 +200,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
             shuffle_buffer=d.shuffle_buffer,
             cycle_length=d.cycle_length,
             prefetch=d.prefetch,
+            workers=d.workers,
         )
     )
     my_eval_files = pipeline.shard_files(eval_files, jax.process_index(), jax.process_count())
