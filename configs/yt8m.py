@@ -63,6 +63,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.cycle_length = 8  # files read concurrently (interleaved)
     c.data.prefetch = 2  # batches prepared ahead (in a thread, or per worker process)
     c.data.workers = 0  # reader processes (grain mp_prefetch); 0 reads in this process
+    c.data.on_error = "raise"  # bad records: 'raise' (name file, record, field) or 'skip' them
     c.data.cache_dir = "~/.cache/vmjax"  # where the embedded dataset is generated once
     c.data.synthetic = (
         ml_collections.ConfigDict()

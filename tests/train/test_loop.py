@@ -170,3 +170,36 @@ def test_nonfinite_loss_stops_with_the_step_and_last_good_checkpoint(tmp_path):
         FloatingPointError, match=r"(NaN/Inf|diverged) at step \d+; last good checkpoint"
     ):
         loop.train_and_evaluate(c, str(tmp_path / "w"))
+
+
+def test_bad_records_stop_the_run_or_are_skipped_on_request(tmp_path, caplog):
+    from vmjax.data import tfrecord, yt8m
+
+    rng = np.random.default_rng(0)
+    good = [
+        yt8m.encode_video_example(f"v{i}", [i], rng.normal(size=1024), rng.normal(size=128))
+        for i in range(8)
+    ]
+    bad = yt8m.encode_video_example("bad", [9999], np.zeros(1024), np.zeros(128))
+    path = str(tmp_path / "data.tfrecord")
+    tfrecord.write_records(path, good[:3] + [bad] + good[3:])
+    overrides = {
+        "data.train_pattern": path,
+        "data.eval_pattern": path,
+        "batch_size": 4,
+        "eval_batch_size": 4,
+        "num_train_steps": 2,
+        "eval_every": 2,
+        "checkpoint_every": 2,
+    }
+    with pytest.raises(tfrecord.RecordError, match=r"data.tfrecord: record 3 .*'labels'"):
+        loop.train_and_evaluate(_small(tmp_path, **overrides), str(tmp_path / "w1"))
+    caplog.set_level(logging.WARNING)
+    c = _small(tmp_path, **overrides, **{"data.on_error": "skip"})
+    result = loop.train_and_evaluate(c, str(tmp_path / "w2"))
+    assert result["num_videos"] == 8  # the bad one left out of evaluation too
+    assert "skipped 1 bad record(s) in all" in caplog.text
+    with pytest.raises(ValueError, match="on_error"):
+        loop.train_and_evaluate(
+            _small(tmp_path, **overrides, **{"data.on_error": "ignore"}), str(tmp_path / "w3")
+        )

@@ -7,8 +7,13 @@ jitted step) and are padded to `max_frames` with a mask. Evaluation reads each
 file of its process once, in order, and pads the last batch with zero weights.
 
 grain ships `TFRecordIterDataset`, but it skips CRC checks and its errors do not
-name the file, so `RecordFileDataset` wraps our own verified reader with the
-same checkpointable (offset) state.
+name the file, so records come from our own verified reader (vmjax.data.streams).
+
+Bad input (a truncated file, a CRC mismatch, a wrong feature size, a label outside
+num_classes, a missing key) raises a RecordError naming file, record and field. With a
+`BadRecords` counter (config.data.on_error='skip') such records are skipped instead: each
+is logged once and counted, the rest of a file whose framing is broken is skipped, and a
+batch that lost records is filled with zero-weight rows.
 """
 
 from __future__ import annotations
@@ -21,49 +26,31 @@ from collections.abc import Callable, Iterator, Sequence
 import grain
 import ml_collections
 import numpy as np
+from absl import logging
 
 from vmjax.data import streams, tfrecord, yt8m
 
 LEVELS = ("frame", "video")
 
 
-class _RecordFileIterator(grain.DatasetIterator):
-    """Iterates (path, index, offset, payload) of one file; state is the next record."""
-
-    def __init__(self, path: str):
-        super().__init__()
-        self._path = path
-        self._index = 0
-        self._offset = 0
-        self._records = None
-
-    def __next__(self):
-        if self._records is None:
-            self._records = tfrecord.read_records(
-                self._path, start_offset=self._offset, start_index=self._index
-            )
-        index, offset, payload = next(self._records)
-        self._index = index + 1
-        self._offset = offset + len(payload) + 16  # header (8 + 4) and data CRC (4)
-        return self._path, index, offset, payload
-
-    def get_state(self) -> dict:
-        return {"index": self._index, "offset": self._offset}
-
-    def set_state(self, state: dict) -> None:
-        self._index, self._offset = int(state["index"]), int(state["offset"])
-        self._records = None
+ON_ERROR = ("raise", "skip")
 
 
-class RecordFileDataset(grain.IterDataset):
-    """The records of one TFRecord file, CRC-checked, with resumable state."""
+class BadRecords:
+    """Skipped bad records of this process: each logged once (the first time), and counted."""
 
-    def __init__(self, path: str):
-        super().__init__()
-        self._path = path
+    def __init__(self):
+        self.seen: set[tuple[str, int]] = set()
 
-    def __iter__(self) -> _RecordFileIterator:
-        return _RecordFileIterator(self._path)
+    def __call__(self, error: tfrecord.RecordError) -> None:
+        key = (error.path, error.index)
+        if key not in self.seen:
+            self.seen.add(key)
+            logging.warning("Skipping bad record (data.on_error='skip'): %s", error)
+
+    @property
+    def count(self) -> int:
+        return len(self.seen)
 
 
 def resolve_files(pattern: str, field: str) -> list[str]:
@@ -192,16 +179,31 @@ def make_collate(spec: BatchSpec, batch_size: int) -> Callable[[Sequence[dict]],
     return collate
 
 
-def make_batcher(spec: BatchSpec, batch_size: int) -> Callable[[Sequence[tuple]], dict]:
+def make_batcher(
+    spec: BatchSpec, batch_size: int, bad_records: BadRecords | None = None
+) -> Callable[[Sequence[tuple]], dict]:
     """Decodes raw (path, index, offset, payload) records and collates them into a batch.
 
     One batch function instead of a per-record map stage keeps grain's per-element bookkeeping
-    off the hot path.
+    off the hot path. With `bad_records`, records that fail to decode are handed to it and left
+    out; their rows are padding (weight 0).
     """
     decode, collate = make_decoder(spec), make_collate(spec, batch_size)
 
     def batch(items: Sequence[tuple]) -> dict:
-        return collate([decode(item) for item in items])
+        if bad_records is None:
+            return collate([decode(item) for item in items])
+        examples = []
+        for item in items:
+            try:
+                examples.append(decode(item))
+            except tfrecord.RecordError as e:
+                bad_records(e)
+        if not examples:  # every record of the batch was bad: all padding
+            empty = example_batch(spec, batch_size)
+            empty["weights"][:] = 0
+            return empty
+        return collate(examples)
 
     return batch
 
@@ -231,6 +233,7 @@ def train_dataset(
     cycle_length: int,
     prefetch: int = 2,
     workers: int = 0,
+    bad_records: BadRecords | None = None,
 ) -> grain.IterDataset:
     """An infinite, shuffled stream of training batches from this process's files.
 
@@ -243,10 +246,13 @@ def train_dataset(
         cycle_length=min(cycle_length, len(files)),
         seed=seed,
         repeat=True,  # each epoch in a new file order
+        on_error=bad_records,
     )
     if shuffle_buffer > 1:  # of raw records; decoding happens per batch
         ds = streams.WindowShuffle(ds, window_size=shuffle_buffer, seed=seed)
-    ds = ds.batch(batch_size, drop_remainder=True, batch_fn=make_batcher(spec, batch_size))
+    ds = ds.batch(
+        batch_size, drop_remainder=True, batch_fn=make_batcher(spec, batch_size, bad_records)
+    )
     if workers:
         if workers > len(files):
             raise ValueError(
@@ -267,11 +273,17 @@ def train_dataset(
     return ds
 
 
-def eval_batches(files: Sequence[str], spec: BatchSpec, *, batch_size: int) -> Iterator[dict]:
+def eval_batches(
+    files: Sequence[str],
+    spec: BatchSpec,
+    *,
+    batch_size: int,
+    bad_records: BadRecords | None = None,
+) -> Iterator[dict]:
     """One ordered pass over `files`; the last batch is padded with zero weights."""
-    ds = grain.experimental.InterleaveIterDataset(
-        grain.MapDataset.source(list(files)).map(RecordFileDataset), cycle_length=1
+    ds = streams.InterleavedRecords(
+        grain.MapDataset.source(list(files)), cycle_length=1, on_error=bad_records
     )
-    ds = ds.batch(batch_size, batch_fn=make_batcher(spec, batch_size))
+    ds = ds.batch(batch_size, batch_fn=make_batcher(spec, batch_size, bad_records))
     ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=2)
     return iter(ds)

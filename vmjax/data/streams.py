@@ -21,7 +21,8 @@ class InterleavedRecords(grain.IterDataset):
     `files` is a MapDataset of paths. With `repeat`, epochs follow each other forever, each in
     its own file order: a permutation seeded by (seed, epoch), or the given order when `seed`
     is None. When a file ends, the next one takes its slot. Records are CRC-checked
-    (tfrecord.read_records). grain's mp_prefetch may slice `files` per worker.
+    (tfrecord.read_records; `on_error` as there). grain's mp_prefetch may slice `files` per
+    worker.
     """
 
     def __init__(
@@ -31,21 +32,25 @@ class InterleavedRecords(grain.IterDataset):
         *,
         seed: int | None = None,
         repeat: bool = False,
+        on_error=None,
     ):
         super().__init__(files)  # a parent, so grain's mp_prefetch can slice it per worker
         if cycle_length < 1:
             raise ValueError(f"cycle_length must be >= 1, got {cycle_length}")
         self._cycle_length, self._seed, self._repeat = cycle_length, seed, repeat
+        self._on_error = on_error
 
     def __iter__(self) -> _InterleavedIterator:
-        return _InterleavedIterator(self._parent, self._cycle_length, self._seed, self._repeat)
+        return _InterleavedIterator(
+            self._parent, self._cycle_length, self._seed, self._repeat, self._on_error
+        )
 
 
 class _InterleavedIterator(grain.DatasetIterator):
-    def __init__(self, files: grain.MapDataset, cycle_length: int, seed, repeat: bool):
+    def __init__(self, files: grain.MapDataset, cycle_length: int, seed, repeat: bool, on_error):
         super().__init__()
         self._files, self._cycle_length = files, cycle_length
-        self._seed, self._repeat = seed, repeat
+        self._seed, self._repeat, self._on_error = seed, repeat, on_error
         self._size = len(files)
         self._next_file = 0  # files opened so far, over all epochs
         self._order, self._order_epoch = None, -1
@@ -68,7 +73,10 @@ class _InterleavedIterator(grain.DatasetIterator):
 
     def _open(self, slot: dict):
         return tfrecord.read_records(
-            slot["path"], start_offset=slot["offset"], start_index=slot["index"]
+            slot["path"],
+            start_offset=slot["offset"],
+            start_index=slot["index"],
+            on_error=self._on_error,
         )
 
     def _new_slot(self) -> dict:

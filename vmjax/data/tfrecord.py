@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import BinaryIO
 
@@ -44,7 +44,12 @@ def masked_crc32c(data: bytes) -> int:
 
 
 def read_records(
-    path: str, *, start_offset: int = 0, start_index: int = 0, verify_crc: bool = True
+    path: str,
+    *,
+    start_offset: int = 0,
+    start_index: int = 0,
+    verify_crc: bool = True,
+    on_error: Callable[[RecordError], None] | None = None,
 ) -> Iterator[tuple[int, int, bytes]]:
     """Yields (record_index, byte_offset, payload) for each record of a TFRecord file.
 
@@ -53,7 +58,42 @@ def read_records(
       start_index: index reported for the record at `start_offset`.
       verify_crc: check payload CRCs. The 8-byte length CRC is always checked, as a corrupt
         length would otherwise make us read (and allocate) garbage.
+      on_error: None raises RecordError at bad framing. A callable is handed the error and
+        reading goes on where it can: past a record whose payload CRC is wrong (its length
+        was intact), and not at all past a bad length or a truncation (the file ends there).
     """
+    if on_error is None:
+        yield from _read_records(path, start_offset, start_index, verify_crc)
+        return
+    records = _read_records(path, start_offset, start_index, verify_crc)
+    while True:
+        try:
+            yield next(records)
+        except StopIteration:
+            return
+        except _PayloadCRCError as e:  # framing intact: skip just this record
+            on_error(e)
+            records = _read_records(path, e.offset + e.size, e.index + 1, verify_crc)
+        except RecordError as e:  # the rest of the file cannot be framed
+            on_error(e)
+            return
+
+
+class _PayloadCRCError(RecordError):
+    """A payload CRC mismatch; `size` is the whole record's length in the file."""
+
+    def __init__(self, path, index, offset, field, message, size):
+        super().__init__(path, index, offset, field, message)
+        self.size = size
+
+    def __reduce__(self):
+        args = (self.path, self.index, self.offset, self.field, self.message, self.size)
+        return type(self), args
+
+
+def _read_records(
+    path: str, start_offset: int, start_index: int, verify_crc: bool
+) -> Iterator[tuple[int, int, bytes]]:
     index, offset = start_index, start_offset
     with open(path, "rb", buffering=_READ_BUFFER) as f:
         f.seek(start_offset)
@@ -99,12 +139,13 @@ def read_records(
             if verify_crc:
                 (data_crc,) = _CRC.unpack(trailer)
                 if masked_crc32c(payload) != data_crc:
-                    raise RecordError(
+                    raise _PayloadCRCError(
                         path,
                         index,
                         offset,
                         "data_crc",
                         f"stored {data_crc:#010x}, computed {masked_crc32c(payload):#010x}",
+                        _HEADER.size + length + _CRC.size,
                     )
             yield index, offset, payload
             index += 1

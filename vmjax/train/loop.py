@@ -63,6 +63,7 @@ def evaluate(
     files: list[str],
     config: ml_collections.ConfigDict,
     class_groups: dict[str, np.ndarray] | None = None,
+    bad_records: pipeline.BadRecords | None = None,
 ) -> dict:
     """GAP@20, mAP, Hit@1, PERR and mean loss over one pass of `files` (this process's share).
 
@@ -81,7 +82,7 @@ def evaluate(
     }
     loss_sum = count = 0.0
     batch_size = config.eval_batch_size // jax.process_count()
-    for batch in _eval_batches_in_step(files, spec, batch_size):
+    for batch in _eval_batches_in_step(files, spec, batch_size, bad_records):
         out = eval_fn(state, batch)
         scores, labels, weights = (np.asarray(out[k]) for k in ("scores", "labels", "weights"))
         if not np.isfinite(scores[weights > 0]).all():
@@ -105,13 +106,13 @@ def evaluate(
     return out
 
 
-def _eval_batches_in_step(files, spec, batch_size):
+def _eval_batches_in_step(files, spec, batch_size, bad_records=None):
     """This process's eval batches; with several processes, until all are done.
 
     Every process must join each (collective) eval step, so a process whose share ran out
     joins with zero-weight batches until the last one finishes.
     """
-    batches = pipeline.eval_batches(files, spec, batch_size=batch_size)
+    batches = pipeline.eval_batches(files, spec, batch_size=batch_size, bad_records=bad_records)
     if jax.process_count() == 1:
         yield from batches
         return
@@ -164,6 +165,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
             f"config.grad_accum={config.grad_accum} must divide the per-device batch "
             f"({per_device} = batch_size {config.batch_size} / {jax.device_count()} devices)"
         )
+    if d.on_error not in pipeline.ON_ERROR:
+        raise ValueError(
+            f"config.data.on_error={d.on_error!r}; expected one of {pipeline.ON_ERROR}"
+        )
+    bad_records = pipeline.BadRecords() if d.on_error == "skip" else None
     if config.on_nonfinite_loss not in ("stop", "skip"):
         raise ValueError(
             f"config.on_nonfinite_loss={config.on_nonfinite_loss!r}; expected 'stop' or 'skip'"
@@ -201,6 +207,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
             cycle_length=d.cycle_length,
             prefetch=d.prefetch,
             workers=d.workers,
+            bad_records=bad_records,
         )
     )
     my_eval_files = pipeline.shard_files(eval_files, jax.process_index(), jax.process_count())
@@ -270,7 +277,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
             if step % config.eval_every == 0 or last:
                 guard.check()
                 try:
-                    result = evaluate(eval_fn, state, my_eval_files, config, kinds)
+                    result = evaluate(eval_fn, state, my_eval_files, config, kinds, bad_records)
                 except FloatingPointError as e:
                     raise guard.error(f"{e} at step {step}") from None
                 last_eval = {"step": step, **result}
@@ -302,6 +309,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
             writer.close()
         if batch_log:
             batch_log.close()
+    if bad_records is not None:
+        logging.warning(
+            "data.on_error='skip': skipped %d bad record(s) in all (logged above)%s",
+            bad_records.count,
+            "; reader processes count their own" if d.workers else "",
+        )
     if last_eval is None:
         last_eval = _last_logged_eval(workdir)
         logging.info("Already trained to step %d; last evaluation: %s", step, last_eval)
