@@ -56,6 +56,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.eval_pattern = ""  # glob(s) of the eval split; '' = embedded data
     c.data.level = "video"  # 'video' (mean_rgb/mean_audio Examples) or 'frame' (SequenceExamples)
     c.data.max_frames = 300  # frames kept per video (the official reader's 300)
+    c.data.frame_sampling = "first"  # train: first | uniform (even stride) | window (random)
+    c.data.seed = c.get_ref("seed")  # random frame windows (evaluation keeps the first frames)
     c.data.num_classes = 3862  # 2018 vocabulary; 4716 for the 2017 data
     c.data.max_text_tokens = 32  # text_tokens kept per video (a YT8M-style extension)
     c.data.text_vocab_size = 8192  # token ids must be < this (the embedded data's vocabulary)

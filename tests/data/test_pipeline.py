@@ -228,3 +228,47 @@ def test_worker_processes_resume_exactly_and_state_is_json(data_dir):
     fresh.close()
     with pytest.raises(ValueError, match="at least as many files"):
         _train(files[:1], "frame", **kw)
+
+
+def test_frame_sampling_modes():
+    assert pipeline.sample_frames(10, 4, "first") == slice(0, 4)
+    np.testing.assert_array_equal(pipeline.sample_frames(10, 4, "uniform"), [0, 2, 5, 7])
+    np.testing.assert_array_equal(pipeline.sample_frames(300, 3, "uniform"), [0, 100, 200])
+    windows = {pipeline.sample_frames(10, 4, "window", (0, v, 3)).start for v in range(40)}
+    assert windows == set(range(7))  # every start 0..6 occurs over visits
+    assert pipeline.sample_frames(10, 4, "window", (1, 2, 3)) == pipeline.sample_frames(
+        10, 4, "window", (1, 2, 3)
+    )
+    for how in pipeline.FRAME_SAMPLINGS:  # short videos keep every frame
+        assert pipeline.sample_frames(3, 4, how, (0,)) == slice(0, 4)
+    with pytest.raises(ValueError, match="frame_sampling"):
+        pipeline.BatchSpec("frame", C, 4, 4, 100, frame_sampling="random")
+
+
+def test_random_windows_in_training_and_full_length_in_evaluation(data_dir):
+    files = _files(data_dir, "frame", "train")
+    records = [r for f in files for r in _records(f, "frame")]
+    long = {r["rgb"][:, 0].tobytes(): r for r in records if len(r["rgb"]) > 8}
+    spec = pipeline.BatchSpec("frame", C, 8, 32, 8192, frame_sampling="window", seed=1)
+    ds = pipeline.train_dataset(
+        files, spec, batch_size=20, seed=0, shuffle_buffer=1, cycle_length=1, prefetch=0
+    )
+    starts = []
+    for batch in [next(iter(ds)) for _ in range(1)]:
+        for row in range(20):
+            window = batch["rgb"][row, :, 0]
+            for rec in long.values():  # find the window inside its video
+                col = rec["rgb"][:, 0]
+                hits = [s for s in range(len(col) - 7) if (col[s : s + 8] == window).all()]
+                if hits and batch["num_frames"][row] == 8:
+                    starts.append(hits[0])
+                    np.testing.assert_array_equal(
+                        batch["rgb"][row], rec["rgb"][hits[0] : hits[0] + 8]
+                    )
+                    break
+    assert len(starts) >= 10 and max(starts) > 0  # windows, not just the first frames
+    eval_batch = next(pipeline.eval_batches(files[:1], spec, batch_size=40))
+    first = _records(files[0], "frame")
+    for row, rec in enumerate(first[:40]):
+        t = min(len(rec["rgb"]), 8)
+        np.testing.assert_array_equal(eval_batch["rgb"][row, :t], rec["rgb"][:t])

@@ -31,7 +31,7 @@ def test_interleave_is_round_robin_and_refills_from_the_next_file(tmp_path):
 def test_interleave_reports_where_each_record_came_from(tmp_path):
     paths = _files(tmp_path, [2])
     items = list(streams.InterleavedRecords(grain.MapDataset.source(paths), cycle_length=1))
-    assert [(p, i) for p, i, _, _ in items] == [(paths[0], 0), (paths[0], 1)]
+    assert [(p, i, visit) for p, i, _, _, visit in items] == [(paths[0], 0, 0), (paths[0], 1, 0)]
     assert items[1][2] == 16 + len(b"0:0")  # byte offset of record 1
 
 

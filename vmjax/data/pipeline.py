@@ -34,6 +34,7 @@ LEVELS = ("frame", "video")
 
 
 ON_ERROR = ("raise", "skip")
+FRAME_SAMPLINGS = ("first", "uniform", "window")
 
 
 class BadRecords:
@@ -88,10 +89,16 @@ class BatchSpec:
     max_frames: int  # frame level: frames kept and padded to
     max_text_tokens: int  # text_tokens kept and padded to
     text_vocab_size: int  # token ids must lie in [0, text_vocab_size)
+    frame_sampling: str = "first"  # which max_frames of a longer video (see sample_frames)
+    seed: int = 0  # of the random windows
 
     def __post_init__(self):
         if self.level not in LEVELS:
             raise ValueError(f"data.level must be one of {LEVELS}, got {self.level!r}")
+        if self.frame_sampling not in FRAME_SAMPLINGS:
+            raise ValueError(
+                f"data.frame_sampling must be one of {FRAME_SAMPLINGS}, got {self.frame_sampling!r}"
+            )
 
     @classmethod
     def from_config(cls, data: ml_collections.ConfigDict) -> BatchSpec:
@@ -101,14 +108,42 @@ class BatchSpec:
             max_frames=data.max_frames,
             max_text_tokens=data.max_text_tokens,
             text_vocab_size=data.text_vocab_size,
+            frame_sampling=data.get("frame_sampling", "first"),
+            seed=data.get("seed", 0),
         )
+
+    def for_eval(self) -> BatchSpec:
+        """Evaluation sees the full length the starter does: the first max_frames frames."""
+        return dataclasses.replace(self, frame_sampling="first")
+
+
+def sample_frames(num_frames: int, max_frames: int, how: str, rng_key=()) -> slice | np.ndarray:
+    """Which frames of a `num_frames` video to keep, at most `max_frames` of them.
+
+    first: the first max_frames (the official reader; also evaluation's "full length").
+    uniform: max_frames frames at an even stride over the whole video.
+    window: a random contiguous window of max_frames frames, its start drawn from numpy's
+      Generator seeded with `rng_key` (so a given video visit always gets the same window,
+      which keeps resumed runs exact).
+    A video with at most max_frames frames keeps them all, in every mode.
+    """
+    if num_frames <= max_frames or how == "first":
+        return slice(0, max_frames)
+    if how == "uniform":
+        return (np.arange(max_frames) * num_frames) // max_frames
+    start = int(np.random.default_rng(rng_key).integers(0, num_frames - max_frames + 1))
+    return slice(start, start + max_frames)
 
 
 def make_decoder(spec: BatchSpec) -> Callable:
-    """Returns a function (path, index, offset, payload) -> example dict."""
+    """Returns a function (path, index, offset, payload[, visit]) -> example dict.
+
+    `visit` (which opening of the file this record came from; it changes every epoch) seeds the
+    random frame window together with spec.seed and the record index.
+    """
 
     def decode(item):
-        path, index, offset, payload = item
+        path, index, offset, payload, *visit = item
         where = {"path": path, "index": index, "offset": offset, "num_classes": spec.num_classes}
         if spec.level == "video":
             ex = yt8m.decode_video_example(payload, **where)
@@ -116,7 +151,9 @@ def make_decoder(spec: BatchSpec) -> Callable:
         else:
             ex = yt8m.decode_frame_example(payload, **where, segments=False)
             # The official reader keeps the first max_frames frames, num_frames = min(T, max).
-            out = {"rgb": ex["rgb"][: spec.max_frames], "audio": ex["audio"][: spec.max_frames]}
+            key = (spec.seed, *visit, index)
+            keep = sample_frames(len(ex["rgb"]), spec.max_frames, spec.frame_sampling, key)
+            out = {"rgb": ex["rgb"][keep], "audio": ex["audio"][keep]}
         tokens = ex["text_tokens"]
         bad = (tokens < 0) | (tokens >= spec.text_vocab_size)
         if bad.any():
@@ -284,6 +321,7 @@ def eval_batches(
     ds = streams.InterleavedRecords(
         grain.MapDataset.source(list(files)), cycle_length=1, on_error=bad_records
     )
+    spec = spec.for_eval()
     ds = ds.batch(batch_size, batch_fn=make_batcher(spec, batch_size, bad_records))
     ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=2)
     return iter(ds)

@@ -16,7 +16,10 @@ from vmjax.data import tfrecord
 
 
 class InterleavedRecords(grain.IterDataset):
-    """(path, index, offset, payload) from `cycle_length` files at a time, round robin.
+    """(path, index, offset, payload, visit) from `cycle_length` files at a time, round robin.
+
+    `visit` counts the files opened so far (over all epochs): a record's key for per-epoch
+    randomness such as random frame windows.
 
     `files` is a MapDataset of paths. With `repeat`, epochs follow each other forever, each in
     its own file order: a permutation seeded by (seed, epoch), or the given order when `seed`
@@ -109,7 +112,7 @@ class _InterleavedIterator(grain.DatasetIterator):
             slot["index"] = index + 1
             slot["offset"] = offset + len(payload) + 16  # header (8 + 4) and data CRC (4)
             self._turn += 1
-            return slot["path"], index, offset, payload
+            return slot["path"], index, offset, payload, slot["file"]
 
     def get_state(self) -> dict:
         return {
