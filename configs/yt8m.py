@@ -52,6 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.log_batches = False  # write a hash of every train batch to workdir/batches.jsonl
 
     c.data = ml_collections.ConfigDict()
+    c.data.format = "tfrecord"  # or 'array_record': patterns are DIR:SPLIT (vmjax.data.convert)
     c.data.train_pattern = ""  # glob(s), comma-separated, of YT8M TFRecords; '' = embedded data
     c.data.eval_pattern = ""  # glob(s) of the eval split; '' = embedded data
     c.data.level = "video"  # 'video' (mean_rgb/mean_audio Examples) or 'frame' (SequenceExamples)

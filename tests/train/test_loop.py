@@ -203,3 +203,28 @@ def test_bad_records_stop_the_run_or_are_skipped_on_request(tmp_path, caplog):
         loop.train_and_evaluate(
             _small(tmp_path, **overrides, **{"data.on_error": "ignore"}), str(tmp_path / "w3")
         )
+
+
+def test_trains_on_an_array_record_dataset_converted_from_tfrecords(tmp_path):
+    from vmjax.data import convert, synthetic
+
+    c = _small(tmp_path, "frame,smoke")
+    _, _, data_dir = loop.resolve_data(c)
+    train, validate = synthetic.patterns(data_dir, "frame")
+    dst = str(tmp_path / "ar")
+    convert.convert(train, dst, split="train", progress=False)
+    convert.convert(validate, dst, split="validate", progress=False)
+    overrides = {
+        "data.format": "array_record",
+        "data.train_pattern": f"{dst}:train",
+        "data.eval_pattern": f"{dst}:validate",
+    }
+    workdir = str(tmp_path / "w")
+    result = loop.train_and_evaluate(_small(tmp_path, "frame,smoke", **overrides), workdir)
+    assert result["step"] == 6 and result["num_videos"] == 40 and result["loss"] > 0
+    longer = _small(tmp_path, "frame,smoke", num_train_steps=9, **overrides)
+    assert loop.train_and_evaluate(longer, workdir)["step"] == 9  # resumes the indexed iterator
+    with pytest.raises(ValueError, match="DIR:SPLIT"):
+        loop.train_and_evaluate(
+            _small(tmp_path, **{**overrides, "data.train_pattern": dst}), str(tmp_path / "x")
+        )

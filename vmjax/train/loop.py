@@ -32,6 +32,15 @@ def resolve_data(config: ml_collections.ConfigDict) -> tuple[list[str], list[str
             "set both config.data.train_pattern and config.data.eval_pattern, or "
             "neither (to use the embedded dataset)"
         )
+    if d.format == "array_record":
+        if not d.train_pattern:
+            raise ValueError(
+                "data.format='array_record' needs data.train_pattern and data.eval_pattern as "
+                "DIR:SPLIT of a dataset written by `python -m vmjax.data.convert`"
+            )
+        return [_split_ref(d.train_pattern)], [_split_ref(d.eval_pattern)], None
+    if d.format != "tfrecord":
+        raise ValueError(f"data.format={d.format!r}; expected 'tfrecord' or 'array_record'")
     data_dir = None
     train_pattern, eval_pattern = d.train_pattern, d.eval_pattern
     if not train_pattern:
@@ -51,6 +60,76 @@ def resolve_data(config: ml_collections.ConfigDict) -> tuple[list[str], list[str
     )
 
 
+def _split_ref(ref: str) -> str:
+    """Checks a DIR:SPLIT reference to an indexed dataset and opens nothing yet."""
+    data_dir, _, split = ref.rpartition(":")
+    if not data_dir or not split:
+        raise ValueError(f"{ref!r} is not DIR:SPLIT (e.g. /data/yt8m_ar:train)")
+    if not os.path.exists(os.path.join(os.path.expanduser(data_dir), "dataset_info.json")):
+        raise FileNotFoundError(f"{data_dir} has no dataset_info.json (see vmjax.data.convert)")
+    return ref
+
+
+def _open_split(ref: str, level: str):
+    from vmjax.data import indexed
+
+    data_dir, _, split = ref.rpartition(":")
+    return indexed.open_source(data_dir, split, level=level)
+
+
+def train_stream(config, spec, files: list[str], batch_size: int, bad_records=None):
+    """This process's infinite iterator of training batches, from TFRecords or ArrayRecord."""
+    d = config.data
+    if d.format == "array_record":
+        from vmjax.data import indexed
+
+        return iter(
+            indexed.train_dataset(
+                _open_split(files[0], d.level),
+                lambda item: item,  # the batch function decodes (and skips bad records)
+                batch_size=batch_size,
+                seed=config.seed,
+                process_index=jax.process_index(),
+                process_count=jax.process_count(),
+                collate=pipeline.make_batcher(spec, batch_size, bad_records),
+                prefetch=d.prefetch,
+                workers=d.workers,
+            )
+        )
+    my_files = pipeline.shard_files(files, jax.process_index(), jax.process_count())
+    return iter(
+        pipeline.train_dataset(
+            my_files,
+            spec,
+            batch_size=batch_size,
+            seed=config.seed,
+            shuffle_buffer=d.shuffle_buffer,
+            cycle_length=d.cycle_length,
+            prefetch=d.prefetch,
+            workers=d.workers,
+            bad_records=bad_records,
+        )
+    )
+
+
+def eval_stream(config, spec, files: list[str], batch_size: int, bad_records=None):
+    """This process's share of the evaluation batches, in order, one pass."""
+    if config.data.format == "array_record":
+        from vmjax.data import indexed
+
+        spec = spec.for_eval()
+        return indexed.eval_batches(
+            _open_split(files[0], config.data.level),
+            lambda item: item,
+            pipeline.make_batcher(spec, batch_size, bad_records),
+            batch_size,
+            jax.process_index(),
+            jax.process_count(),
+        )
+    my_files = pipeline.shard_files(files, jax.process_index(), jax.process_count())
+    return pipeline.eval_batches(my_files, spec, batch_size=batch_size, bad_records=bad_records)
+
+
 def _barrier(name: str) -> None:
     from jax.experimental import multihost_utils
 
@@ -65,7 +144,9 @@ def evaluate(
     class_groups: dict[str, np.ndarray] | None = None,
     bad_records: pipeline.BadRecords | None = None,
 ) -> dict:
-    """GAP@20, mAP, Hit@1, PERR and mean loss over one pass of `files` (this process's share).
+    """GAP@20, mAP, Hit@1, PERR and mean loss over one pass of the eval data `files`.
+
+    Each process reads its share (eval_stream).
 
     `eval_fn(state, batch)` takes this process's batch and returns the global batch's `scores`,
     `labels`, `weights`, `loss_sum` and `count` (gathered over processes), so every process
@@ -82,7 +163,8 @@ def evaluate(
     }
     loss_sum = count = 0.0
     batch_size = config.eval_batch_size // jax.process_count()
-    for batch in _eval_batches_in_step(files, spec, batch_size, bad_records):
+    batches = eval_stream(config, spec, files, batch_size, bad_records)
+    for batch in _eval_batches_in_step(batches, spec, batch_size):
         out = eval_fn(state, batch)
         scores, labels, weights = (np.asarray(out[k]) for k in ("scores", "labels", "weights"))
         if not np.isfinite(scores[weights > 0]).all():
@@ -106,13 +188,12 @@ def evaluate(
     return out
 
 
-def _eval_batches_in_step(files, spec, batch_size, bad_records=None):
+def _eval_batches_in_step(batches, spec, batch_size):
     """This process's eval batches; with several processes, until all are done.
 
     Every process must join each (collective) eval step, so a process whose share ran out
     joins with zero-weight batches until the last one finishes.
     """
-    batches = pipeline.eval_batches(files, spec, batch_size=batch_size, bad_records=bad_records)
     if jax.process_count() == 1:
         yield from batches
         return
@@ -196,21 +277,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
     )
     state = par.put_state(state)
 
-    my_files = pipeline.shard_files(train_files, jax.process_index(), jax.process_count())
-    train_iter = iter(
-        pipeline.train_dataset(
-            my_files,
-            spec,
-            batch_size=local_batch,
-            seed=config.seed,
-            shuffle_buffer=d.shuffle_buffer,
-            cycle_length=d.cycle_length,
-            prefetch=d.prefetch,
-            workers=d.workers,
-            bad_records=bad_records,
-        )
-    )
-    my_eval_files = pipeline.shard_files(eval_files, jax.process_index(), jax.process_count())
+    train_iter = train_stream(config, spec, train_files, local_batch, bad_records)
 
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
     latest = ckpt.latest_step()
@@ -277,7 +344,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
             if step % config.eval_every == 0 or last:
                 guard.check()
                 try:
-                    result = evaluate(eval_fn, state, my_eval_files, config, kinds, bad_records)
+                    result = evaluate(eval_fn, state, eval_files, config, kinds, bad_records)
                 except FloatingPointError as e:
                     raise guard.error(f"{e} at step {step}") from None
                 last_eval = {"step": step, **result}
