@@ -48,6 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.pooling = "cls"  # 'cls' | 'mean'; the last two variants have no CLS: use 'mean'
     c.model.patch_size = (2, 16, 16)  # tubelet (time, height, width): ViViT-B/16x2
     c.model.tokens_per_frame = 1  # spatial tokens per YT8M frame (data.input='frames' only)
+    c.model.posemb_init = "normal"  # learned positions from N(0, 0.02), as in ViT and the paper
     c.model.hidden_size = 768  # token width D (ViT-Base)
     c.model.num_layers = 12  # encoder blocks; the spatial encoder's for factorised_encoder
     c.model.num_temporal_layers = 4  # temporal encoder blocks (factorised_encoder only)

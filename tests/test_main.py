@@ -83,16 +83,16 @@ def test_distributed_flags_go_together(tmp_path):
 
 
 def test_cluster_environment_detection(monkeypatch):
-    from vmjax import main
+    from vmjax import distributed
 
     for key in ("SLURM_NTASKS", "SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES"):
         monkeypatch.delenv(key, raising=False)
-    assert main._cluster_environment() is None
+    assert distributed.cluster_environment() is None
     monkeypatch.setenv("SLURM_JOB_ID", "7")
     monkeypatch.setenv("SLURM_NTASKS", "1")  # one task: a plain single-process job
-    assert main._cluster_environment() is None
+    assert distributed.cluster_environment() is None
     monkeypatch.setenv("SLURM_NTASKS", "4")
-    assert main._cluster_environment() == "SLURM"
+    assert distributed.cluster_environment() == "SLURM"
     monkeypatch.delenv("SLURM_JOB_ID")
     monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "10.0.0.2,10.0.0.3")
-    assert main._cluster_environment() == "Cloud TPU slice"
+    assert distributed.cluster_environment() == "Cloud TPU slice"

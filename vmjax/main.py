@@ -9,10 +9,11 @@ launch/local.sh). Only process 0 logs, writes metrics and shows progress.
 """
 
 import logging as std_logging
-import os
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from vmjax import distributed
 
 config_flags.DEFINE_config_file(
     "config",
@@ -54,31 +55,12 @@ class _QuietLibraries(std_logging.Filter):
         )
 
 
-def _cluster_environment() -> str | None:
-    """The multi-process cluster JAX can initialise itself from, if this is one."""
-    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ:
-        return "SLURM"
-    if len(os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1:
-        return "Cloud TPU slice"
-    return None
-
-
 def initialize_distributed() -> None:
-    """jax.distributed.initialize() where the flags or the environment ask for it.
-
-    Must run before anything touches a JAX backend (jax.devices(), any computation).
-    """
-    import jax
-
+    """jax.distributed.initialize() where the flags or the environment ask for it."""
     explicit = [FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id]
-    if any(x is not None for x in explicit):
-        if any(x is None for x in explicit):
-            raise app.UsageError(
-                "--coordinator_address, --num_processes and --process_id go together"
-            )
-        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    elif _cluster_environment():
-        jax.distributed.initialize()
+    if any(x is not None for x in explicit) and any(x is None for x in explicit):
+        raise app.UsageError("--coordinator_address, --num_processes and --process_id go together")
+    distributed.initialize(*explicit)
 
 
 def main(argv):
