@@ -65,7 +65,9 @@ def random_batch(spec: pipeline.BatchSpec, batch_size: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     out = {}
     for key, x in pipeline.example_batch(spec, batch_size).items():
-        if key == "labels":  # YT8M videos have ~3 labels each
+        if key == "ids":  # host-only strings
+            out[key] = x
+        elif key == "labels":  # YT8M videos have ~3 labels each
             out[key] = (rng.random(x.shape) < 3 / spec.num_classes).astype(x.dtype)
         elif key == "weights" or key.endswith("mask"):
             out[key] = np.ones_like(x)
@@ -169,7 +171,10 @@ def main(argv):
 
     _log("counting FLOPs (compiles the step and the forward pass once more)")
     flops_step, step_loops = step_flops(config, model, tx, state, batch)
-    inputs = jax.eval_shape(functools.partial(model_inputs, dtype=DTYPES[config.dtype]), host_batch)
+    inputs = jax.eval_shape(
+        functools.partial(model_inputs, dtype=DTYPES[config.dtype]),
+        pipeline.device_part(host_batch),
+    )
     flops_forward, forward_loops = forward_flops(model, host_state, inputs, config.dtype)
 
     examples_per_s = FLAGS.steps * config.batch_size / total_s

@@ -278,7 +278,30 @@ def test_evaluator_reset():
         "perr": metrics.perr(scores, labels),
         "num_videos": 50,
     }
-    assert evaluator.result() == pytest.approx(expected, abs=1e-12)
+    result = evaluator.result()
+    assert {k: result[k] for k in expected} == pytest.approx(expected, abs=1e-12)
+
+
+def test_threshold_precision_recall_f1_and_per_class_ap_by_hand():
+    scores = np.array([[0.9, 0.6, 0.1], [0.4, 0.7, 0.8]], np.float32)
+    labels = np.array([[1, 0, 1], [0, 1, 0]])
+    evaluator = metrics.Evaluator(3, k=3, threshold=0.5)
+    evaluator.update(scores[:1], labels[:1])
+    evaluator.update(scores[1:], labels[1:])
+    result = evaluator.result()
+    # Above 0.5: 0.9 (pos), 0.6 (neg), 0.7 (pos), 0.8 (neg) -> TP 2 of 4 predicted, 3 positives.
+    assert result["precision"] == pytest.approx(0.5)
+    assert result["recall"] == pytest.approx(2 / 3)
+    assert result["f1"] == pytest.approx(2 * 0.5 * (2 / 3) / (0.5 + 2 / 3))
+    ap, positives = evaluator.per_class_ap()
+    assert positives.tolist() == [1, 1, 1]
+    # class 0: positive ranked 1st (AP 1); class 1: positive 0.7 above the negative 0.6 (1);
+    # class 2: positive 0.1 below the negative 0.8 (1/2).
+    np.testing.assert_allclose(ap, [1.0, 1.0, 0.5])
+    assert np.nanmean(ap) == pytest.approx(result["map"])
+    empty = metrics.Evaluator(3)
+    empty.update(scores, np.zeros((2, 3)))
+    assert np.isnan(empty.per_class_ap()[0]).all()
 
 
 def test_evaluator_rejects_wrong_shape():

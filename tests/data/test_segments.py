@@ -159,7 +159,11 @@ def test_collate_shapes_padding_and_values():
         "weights": ((6,), np.float32),
         "text_tokens": ((6, 2), np.int32),
         "text_mask": ((6, 2), np.bool_),
+        "ids": ((6,), np.dtype("<U4")),
+        "segment_starts": ((6,), np.int32),
     }
+    assert batch["ids"].tolist() == [ex["id"] for ex in examples] + ["", ""]
+    assert batch["segment_starts"].tolist() == [ex["segment_start"] for ex in examples] + [0, 0]
     np.testing.assert_array_equal(batch["weights"], [1, 1, 1, 1, 0, 0])
     np.testing.assert_array_equal(batch["mask"], np.repeat(np.arange(6)[:, None] < 4, 5, axis=1))
     np.testing.assert_array_equal(batch["num_frames"], [5, 5, 5, 5, 0, 0])
@@ -181,7 +185,8 @@ def test_collate_matches_the_video_collate_where_keys_overlap():
     batch = segments.collate_segments(examples, 4, C, max_text_tokens=2)
     spec = pipeline.BatchSpec("frame", C, 5, 2, 8192)
     videos = [
-        {k: ex[k] for k in ("rgb", "audio", "labels")} | {"text_tokens": ex["text_tokens"][:2]}
+        {k: ex[k] for k in ("id", "rgb", "audio", "labels")}
+        | {"text_tokens": ex["text_tokens"][:2]}
         for ex in examples
     ]
     reference = pipeline.make_collate(spec, 4)(videos)

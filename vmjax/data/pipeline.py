@@ -34,6 +34,7 @@ LEVELS = ("frame", "video")
 
 
 ON_ERROR = ("raise", "skip")
+HOST_KEYS = ("ids",)  # batch entries that stay on the host (strings)
 FRAME_SAMPLINGS = ("first", "uniform", "window")
 
 
@@ -167,6 +168,7 @@ def make_decoder(spec: BatchSpec) -> Callable:
             )
         out["text_tokens"] = tokens[: spec.max_text_tokens]
         out["labels"] = ex["labels"]
+        out["id"] = ex["id"]
         return out
 
     return decode
@@ -187,6 +189,8 @@ def make_collate(spec: BatchSpec, batch_size: int) -> Callable[[Sequence[dict]],
         weights = np.zeros(batch_size, np.float32)
         weights[:n] = 1
         batch = {
+            # Video ids as a fixed-width str array ('' on padding rows); they stay on the host.
+            "ids": np.array([ex.get("id", "") for ex in examples] + [""] * (batch_size - n)),
             "labels": labels,
             "weights": weights,
             "text_tokens": text_tokens,
@@ -245,6 +249,11 @@ def make_batcher(
     return batch
 
 
+def device_part(batch: dict) -> dict:
+    """The batch without its host-only entries (video ids): what goes to the devices."""
+    return {k: v for k, v in batch.items() if k not in HOST_KEYS}
+
+
 def example_batch(spec: BatchSpec, batch_size: int = 1) -> dict:
     """A zero batch with the shapes and dtypes the pipeline produces (for initialisation)."""
     if spec.level == "video":
@@ -255,6 +264,7 @@ def example_batch(spec: BatchSpec, batch_size: int = 1) -> dict:
         "rgb": rgb,
         "audio": audio,
         "text_tokens": np.zeros(0, np.int64),
+        "id": "",
         "labels": np.zeros(0, np.int64),
     }
     return make_collate(spec, batch_size)([example])

@@ -167,6 +167,10 @@ def collate_segments(
     weights = np.zeros(batch_size, np.float32)
     weights[:n] = 1
     batch = {
+        "ids": np.array([ex["id"] for ex in examples] + [""] * (batch_size - n)),  # host only
+        "segment_starts": np.array(
+            [ex["segment_start"] for ex in examples] + [0] * (batch_size - n), np.int32
+        ),
         "labels": labels,
         "label_weights": label_weights,
         "weights": weights,

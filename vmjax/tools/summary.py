@@ -29,7 +29,7 @@ def summarize(config: ml_collections.ConfigDict) -> dict:
     model = build_model(config.model, spec.num_classes)
     inputs = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-        jax.eval_shape(model_inputs, pipeline.example_batch(spec, batch_size=1)),
+        jax.eval_shape(model_inputs, pipeline.device_part(pipeline.example_batch(spec))),
     )
     variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), inputs)
     modules = {

@@ -482,7 +482,7 @@ class _BatchLog:
         digest = hashlib.sha1()
         for key in sorted(batch):
             digest.update(key.encode())
-            digest.update(np.ascontiguousarray(batch[key]).tobytes())
+            digest.update(np.ascontiguousarray(batch[key]).tobytes())  # fixed-width, even ids
         classes = np.flatnonzero(batch["labels"][batch["weights"] > 0].any(0))
         line = {"step": step, "sha1": digest.hexdigest(), "classes": classes.tolist()}
         self.file.write(json.dumps(line) + "\n")

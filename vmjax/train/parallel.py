@@ -25,6 +25,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from vmjax.data.pipeline import device_part
 from vmjax.train.step import eval_step, train_step
 
 PARALLELISMS = ("mesh", "pmap")
@@ -119,7 +120,8 @@ def _mesh(config, model, step_kwargs) -> Parallel:
 
     def put_batch(batch):
         return jax.tree.map(
-            lambda x: jax.make_array_from_process_local_data(batch_sharding, np.asarray(x)), batch
+            lambda x: jax.make_array_from_process_local_data(batch_sharding, np.asarray(x)),
+            device_part(batch),
         )
 
     train = jax.jit(
@@ -164,7 +166,7 @@ def _pmap(config, model, step_kwargs) -> Parallel:
             x = np.asarray(x)
             return x.reshape(n, x.shape[0] // n, *x.shape[1:])
 
-        return jax.tree.map(split, batch)
+        return jax.tree.map(split, device_part(batch))
 
     train = jax.pmap(
         functools.partial(train_step, axis_name="devices", **step_kwargs),

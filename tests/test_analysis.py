@@ -1,0 +1,185 @@
+"""Checkpoint analysis on a smoke run: loading, per-class AP, ablation, plots and the notebook."""
+
+import importlib.util
+import json
+import os
+import pathlib
+
+import matplotlib
+
+matplotlib.use("Agg")  # the notebook kernel is a separate process; this one draws nothing
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from vmjax import analysis, metrics  # noqa: E402
+from vmjax.train import loop  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _config(cache_dir):
+    spec = importlib.util.spec_from_file_location("yt8m_config", ROOT / "configs" / "yt8m.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config("frame,smoke")
+    c.data.cache_dir = str(cache_dir)
+    c.data.synthetic.num_train = 96
+    c.data.synthetic.num_validate = 40
+    c.batch_size = 16
+    c.eval_batch_size = 16
+    c.num_train_steps = 6
+    c.eval_every = 3
+    c.checkpoint_every = 3
+    c.log_every = 2
+    return c
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("analysis")
+    workdir = str(tmp / "w")
+    loop.train_and_evaluate(_config(tmp / "cache"), workdir)
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def run(workdir):
+    return analysis.Run.load(workdir)
+
+
+@pytest.fixture(scope="module")
+def batch(run):
+    return run.validation_batch(32)
+
+
+def test_load_gives_config_metrics_and_latest_step(workdir, run):
+    saved = json.load(open(os.path.join(workdir, "config.json")))
+    assert run.config.to_dict() == saved["config"]
+    assert run.config.model.name == "frame_moe" and run.config.data.level == "frame"
+    assert run.step == 6 and int(run.state.step) == 6
+    assert [m["step"] for m in run.metrics] == [3, 6]
+    steps, gap = run.history("gap")
+    assert steps.tolist() == [3, 6] and gap[-1] == run.metrics[-1]["gap"]
+    assert run.data_dir == saved["resolved"]["embedded_data_dir"]
+    assert len(run.class_names) == run.config.data.num_classes
+    assert set(run.kinds) == {"visual", "audio", "cross_modal", "temporal", "text"}
+    assert 0.5 < run.oracle["gap"] < 1
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]  # untouched
+
+
+def test_load_restores_an_earlier_step_and_names_missing_ones(workdir, run):
+    earlier = analysis.Run.load(workdir, step=3)
+    assert earlier.step == 3 and int(earlier.state.step) == 3
+    a, b = earlier.state.params["head"], run.state.params["head"]
+    assert any(not np.array_equal(x, y) for x, y in zip(_leaves(a), _leaves(b), strict=True))
+    with pytest.raises(FileNotFoundError, match=r"step 4.*\[3, 6\]"):
+        analysis.Run.load(workdir, step=4)
+
+
+def _leaves(tree):
+    import jax
+
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def test_validation_batch_and_scores_match_the_logged_evaluation(run):
+    whole = run.validation_batch(64)  # more than the 40 videos: padding rows are dropped
+    assert len(whole["labels"]) == 40 and (whole["weights"] == 1).all()
+    scores = run.scores(whole)
+    assert scores.shape == (40, run.config.data.num_classes)
+    assert ((scores > 0) & (scores < 1)).all()
+    # The last logged GAP was computed on the same 40 videos by the training loop.
+    assert metrics.gap(scores, whole["labels"]) == pytest.approx(run.metrics[-1]["gap"], abs=1e-5)
+
+
+def test_per_class_ap_matches_hand_computed_values_and_the_metrics_map():
+    scores = np.array(
+        [
+            [0.9, 0.1, 0.5],
+            [0.8, 0.7, 0.2],
+            [0.3, 0.6, 0.4],
+            [0.2, 0.05, 0.95],
+        ]
+    )
+    labels = np.array([[1, 0, 0], [0, 1, 1], [1, 0, 1], [0, 0, 0]])
+    # k=3 keeps everything. Class 0 ranks videos 0,1,2,3: hits at ranks 1 and 3 -> (1 + 2/3) / 2.
+    # Class 1 ranks 1,2,0,3: hit at rank 1 -> 1. Class 2 ranks 3,0,2,1: hits at 3, 4 ->
+    # (1/3 + 2/4) / 2.
+    expected = np.array([(1 + 2 / 3) / 2, 1.0, (1 / 3 + 2 / 4) / 2])
+    np.testing.assert_allclose(analysis.per_class_ap(scores, labels, k=3), expected)
+    # k=1 keeps each video's top class only (0, 0, 1, 2): class 0 keeps videos 0 and 1 (hit,
+    # miss) of its 2 positives -> 1/2; classes 1 and 2 keep only negatives -> 0.
+    np.testing.assert_allclose(analysis.per_class_ap(scores, labels, k=1), [0.5, 0.0, 0.0])
+    # A class with no positives has no AP.
+    assert np.isnan(analysis.per_class_ap(scores, np.zeros_like(labels), k=3)).all()
+    rng = np.random.default_rng(0)
+    scores, labels = rng.random((50, 30)), rng.random((50, 30)) < 0.1
+    for k in (3, 20):
+        ap = analysis.per_class_ap(scores, labels, k=k)
+        assert np.nanmean(ap) == pytest.approx(metrics.mean_ap(scores, labels, k=k), abs=1e-9)
+
+
+def test_modality_ablation_changes_scores_and_gap(run, batch):
+    from vmjax.train.step import model_inputs
+
+    inputs = model_inputs(batch)
+    none = analysis.ablated_inputs(inputs, analysis.MODALITIES)
+    assert float(np.abs(np.asarray(inputs["rgb"])).sum()) > 0  # the caller's inputs are kept
+    assert not np.asarray(none["rgb"]).any() and not np.asarray(none["text_mask"]).any()
+    assert not np.allclose(run.predict(none), run.predict(inputs))
+    result = analysis.modality_ablation(run, batch)
+    assert list(result) == list(analysis.ABLATIONS)
+    assert result["all inputs"] == pytest.approx(metrics.gap(run.scores(batch), batch["labels"]))
+    assert result["all zeroed"] != result["all inputs"]
+    assert result["rgb zeroed"] != result["all inputs"]
+    with pytest.raises(ValueError, match="video"):
+        analysis.ablated_inputs(inputs, ("video",))
+
+
+def test_plots_return_figures_with_expected_axes_and_lines(run, batch):
+    fig = analysis.plot_training_curves(run)
+    assert isinstance(fig, Figure) and len(fig.axes) == 2
+    assert len(fig.axes[0].lines) == 3  # GAP, mAP, oracle GAP
+    assert fig.axes[0].lines[2].get_linestyle() == "--"
+    assert len(fig.axes[1].lines) == 1
+
+    fig = analysis.plot_ap_vs_frequency(run, batch)
+    assert len(fig.axes) == 1 and fig.axes[0].get_xscale() == "log"
+    assert 1 <= len(fig.axes[0].collections) <= 5  # one scatter per kind present
+
+    fig = analysis.plot_gap_by_kind(run)
+    assert len(fig.axes) == 1 and len(fig.axes[0].containers) == 2  # model and oracle bars
+    assert len(fig.axes[0].patches) == 2 * 5
+
+    fig = analysis.plot_modality_ablation(analysis.modality_ablation(run, batch))
+    assert len(fig.axes) == 1 and len(fig.axes[0].patches) == len(analysis.ABLATIONS)
+
+    fig = analysis.plot_weights_over_time(run, batch, video=1)
+    assert len(fig.axes) == 2 and [len(ax.lines) for ax in fig.axes] == [2, 2]
+    frames = int(batch["num_frames"][1])
+    assert len(fig.axes[1].lines[0].get_xdata()) == frames
+    assert "saliency" in fig._suptitle.get_text()
+
+
+def test_frame_saliency_is_gradient_times_input(run, batch):
+    s = analysis.frame_saliency(run, batch, video=0)
+    frames = int(batch["num_frames"][0])
+    assert s["rgb_norm"].shape == s["audio_saliency"].shape == (frames,)
+    assert np.isfinite(s["rgb_saliency"]).all() and np.abs(s["rgb_saliency"]).sum() > 0
+    assert s["top_class"] == int(np.argmax(run.scores(batch)[0]))
+
+
+def test_notebook_executes_top_to_bottom(workdir, monkeypatch):
+    nbclient = pytest.importorskip("nbclient")
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.read(ROOT / "notebooks" / "checkpoint_analysis.ipynb", as_version=4)
+    monkeypatch.setenv("VMJAX_WORKDIR", workdir)  # the kernel inherits the environment
+    nbclient.NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+    ).execute()
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) >= 5  # every plot was drawn

@@ -1,0 +1,355 @@
+"""A trained run -> one file that scores videos with jax and numpy only (no vmjax model code).
+
+python -m vmjax.export --workdir W --out model.bin [--step N] [--batch_size B]
+
+The file is an uncompressed numpy .npz (a zip; np.load reads it without pickle) holding
+  header:    JSON (UTF-8 bytes): versions, model, data level, classes, inputs and output;
+  exported:  `jax.export` serialization of scores = sigmoid(model(variables, batch));
+  param_<i>: the model's variables (params and model_state), flattened in the exported order.
+The variables are an argument of the exported function rather than constants inside it: the
+StableHLO stays small however large the model, the weights stay plain arrays anyone can inspect,
+and `load` only has to pass them back in order.
+
+    predict = vmjax.export.load("model.bin")
+    scores = predict({"rgb": rgb, "audio": audio, "mask": mask})  # [b, num_classes] float32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+
+import jax
+import numpy as np
+
+FORMAT = "vmjax.export"
+FORMAT_VERSION = 1
+# Keys of a pipeline batch that model_inputs reads (vmjax.train.step), in a fixed order.
+MODEL_INPUT_KEYS = ("rgb", "audio", "mask", "text_tokens", "text_mask")
+# Keys a pipeline batch also carries that the model never reads: accepted and ignored by load.
+PIPELINE_ONLY_KEYS = ("labels", "weights", "num_frames", "ids")
+BATCH = "b"  # the symbolic batch dimension's name in the header
+PLATFORMS = ("cpu", "cuda", "tpu")  # export on a TPU/GPU trainer, load on a CPU server (or back)
+
+
+class ExportError(ValueError):
+    """A run that cannot be exported, a file that cannot be loaded, or a bad input batch."""
+
+
+def export(
+    workdir: str,
+    out: str,
+    step: int | None = None,
+    batch_size: int | None = None,
+    platforms: Sequence[str] = PLATFORMS,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Writes the run in `workdir` (its latest checkpoint, or `step`) to `out`; returns the header.
+
+    batch_size: export for this fixed batch size; None (the default) exports a symbolic batch
+      dimension, so one file serves any batch size.
+    platforms: the backends the file can run on (lowered for each here, none needed present).
+    """
+    # Model code is imported here, not at module level: `load` must work without it.
+    import ml_collections
+
+    from vmjax import __version__
+    from vmjax.data import pipeline
+    from vmjax.models import build_model
+    from vmjax.train import state as state_lib
+    from vmjax.train.checkpoint import Checkpointer
+    from vmjax.train.step import DTYPES, cast_floats, model_inputs
+
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    config_path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(config_path):
+        raise ExportError(f"{config_path} not found: is {workdir} a vmjax run directory?")
+    with open(config_path) as f:
+        try:
+            config = ml_collections.ConfigDict(json.load(f)["config"])
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ExportError(f"{config_path}: expected JSON with a 'config' object ({e})") from e
+    if batch_size is not None and batch_size < 1:
+        raise ExportError(f"batch_size={batch_size}; expected a positive number (or none)")
+
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    steps = _checkpoint_steps(ckpt_dir)
+    if not steps:
+        raise ExportError(f"{workdir} has no checkpoints (in {ckpt_dir}); train it first")
+    if step is None:
+        step = steps[-1]
+    elif step not in steps:
+        raise ExportError(f"{ckpt_dir} has no checkpoint for step {step}; it has steps {steps}")
+
+    d = config.data
+    log(
+        f"Run {workdir}: model {config.model.name}, {d.level}-level data, "
+        f"{d.num_classes} classes, step {step} of {config.num_train_steps}"
+    )
+    model = build_model(config.model, d.num_classes)
+    spec = pipeline.BatchSpec.from_config(d).for_eval()
+    tx = state_lib.make_optimizer(config.optimizer, config.num_train_steps)
+    example = pipeline.example_batch(spec)
+    like = state_lib.create_train_state(
+        model, tx, model_inputs(example), jax.random.PRNGKey(config.seed)
+    )
+    ckpt = Checkpointer(ckpt_dir, keep=config.keep_checkpoints)
+    try:
+        log(f"Restoring {os.path.join(ckpt_dir, str(step))}")
+        state = ckpt.restore(step, like)
+    finally:
+        ckpt.close()
+    variables = {"params": state.params, **state.model_state}
+    flat, treedef = jax.tree_util.tree_flatten_with_path(variables)
+    leaves = []
+    for path, x in flat:
+        x = np.asarray(x)
+        if x.dtype.kind not in "biuf":  # e.g. bfloat16 (kind 'V'), which .npz cannot hold
+            raise ExportError(
+                f"variable {jax.tree_util.keystr(path)} has dtype {x.dtype}; expected a numpy "
+                "bool, integer or float dtype"
+            )
+        leaves.append(x)
+    compute_dtype = DTYPES[config.dtype]
+
+    def scores_fn(param_leaves, batch):
+        v = dict(jax.tree.unflatten(treedef, param_leaves))
+        v["params"] = cast_floats(v["params"], compute_dtype)  # as eval_step computes
+        logits = model.apply(v, model_inputs(batch, compute_dtype), train=False)
+        return jax.nn.sigmoid(logits.astype(np.float32))
+
+    (b,) = jax.export.symbolic_shape(BATCH) if batch_size is None else (batch_size,)
+    keys = [k for k in MODEL_INPUT_KEYS if k in example]
+    param_structs = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves]
+
+    # Inputs the model never reads (e.g. text for a video-only model) are left out, so callers
+    # need not make them up: those the traced function passes to no operation.
+    structs = {k: jax.ShapeDtypeStruct((1, *example[k].shape[1:]), example[k].dtype) for k in keys}
+    jaxpr = jax.make_jaxpr(scores_fn)(param_structs, structs).jaxpr
+    read = {id(v) for eqn in jaxpr.eqns for v in eqn.invars} | {id(v) for v in jaxpr.outvars}
+    input_vars = dict(zip(sorted(keys), jaxpr.invars[len(leaves) :], strict=True))
+    unread = [k for k in keys if id(input_vars[k]) not in read]
+    if unread:
+        log(f"Leaving out inputs the model does not read: {unread}")
+        keys = [k for k in keys if k not in unread]
+    log(f"Exporting with batch dimension {b} ...")
+    structs = {k: jax.ShapeDtypeStruct((b, *example[k].shape[1:]), example[k].dtype) for k in keys}
+    exported = jax.export.export(jax.jit(scores_fn), platforms=tuple(platforms))(
+        param_structs, structs
+    )
+    serialized = exported.serialize()
+
+    dim = BATCH if batch_size is None else batch_size
+    header = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "vmjax_version": __version__,
+        "jax_version": jax.__version__,
+        "model": config.model.name,
+        "data_level": d.level,
+        "num_classes": d.num_classes,
+        "step": step,
+        "dtype": config.dtype,
+        "platforms": list(exported.platforms),
+        "inputs": [
+            {"name": k, "shape": [dim, *example[k].shape[1:]], "dtype": str(example[k].dtype)}
+            for k in keys
+        ],
+        "ignored_inputs": [k for k in (*MODEL_INPUT_KEYS, *PIPELINE_ONLY_KEYS) if k not in keys],
+        "output": {"name": "scores", "shape": [dim, d.num_classes], "dtype": "float32"},
+        "num_variables": len(leaves),
+        "num_parameters": int(sum(x.size for x in leaves)),
+        "class_names": _class_name_source(config),
+        "workdir": workdir,
+    }
+    arrays = {
+        "header": np.frombuffer(json.dumps(header, indent=1).encode(), np.uint8),
+        "exported": np.frombuffer(bytes(serialized), np.uint8),
+    }
+    arrays.update({f"param_{i}": x for i, x in enumerate(leaves)})
+    _write_atomically(out, arrays)
+    size = os.path.getsize(out)
+    log(
+        f"Wrote {out} ({size / 2**20:.1f} MiB: {header['num_parameters']:,} parameters, "
+        f"{len(serialized) / 2**10:.0f} KiB program for {', '.join(header['platforms'])}); "
+        "inputs " + ", ".join(f"{i['name']} {i['dtype']}{i['shape']}" for i in header["inputs"])
+    )
+    return header
+
+
+def _checkpoint_steps(directory: str) -> list[int]:
+    """Steps of the complete checkpoints (orbax renames a step's directory when it is done)."""
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
+
+
+def _class_name_source(config) -> str | None:
+    d = config.data
+    if not d.train_pattern:
+        return "vmjax embedded dataset: vmjax.data.synthetic.load_class_names() (2018 vocabulary)"
+    known = {3862: "YouTube-8M 2018 vocabulary.csv", 4716: "YouTube-8M 2017 vocabulary.csv"}
+    return known.get(d.num_classes)
+
+
+def _write_atomically(path: str, arrays: dict[str, np.ndarray]) -> None:
+    path = os.path.abspath(os.path.expanduser(path))
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)  # a file object: np.savez adds no '.npz' to the name
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def read_header(path: str) -> dict:
+    """The JSON header of an exported file."""
+    header, files = _open(path)
+    files.close()
+    return header
+
+
+def _open(path: str) -> tuple[dict, np.lib.npyio.NpzFile]:
+    """The header and the (lazily read, to be closed) arrays of an exported file."""
+    if not os.path.isfile(path):
+        raise ExportError(f"{path}: no such file (expected a file written by vmjax.export)")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"PK\x03\x04":  # .npz is a zip archive
+        raise ExportError(
+            f"{path} is not a file written by vmjax.export (not an .npz archive: it starts "
+            f"with {magic!r})"
+        )
+    try:
+        files = np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise ExportError(f"{path} is not a file written by vmjax.export ({e})") from None
+    try:
+        header = json.loads(bytes(files["header"]).decode())
+        if header.get("format") != FORMAT:
+            raise ValueError(f"header format {header.get('format')!r}, expected {FORMAT!r}")
+        if header.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"format_version {header.get('format_version')}; this vmjax reads {FORMAT_VERSION}"
+            )
+    except Exception as e:  # no header, not JSON, not ours
+        files.close()
+        raise ExportError(f"{path} is not a file written by vmjax.export ({e})") from None
+    return header, files
+
+
+def load(path: str) -> Callable[[dict], np.ndarray]:
+    """The exported scorer: {input name: array} -> float32 scores [b, num_classes].
+
+    Needs only jax and numpy. Inputs are checked against the header (names, non-batch shapes,
+    dtypes); keys a pipeline batch carries that the model does not read are ignored.
+    """
+    header, files = _open(path)
+    with files:
+        try:
+            exported = jax.export.deserialize(bytearray(files["exported"].tobytes()))
+            params = [files[f"param_{i}"] for i in range(header["num_variables"])]
+        except Exception as e:
+            raise ExportError(
+                f"{path}: cannot read the exported program or parameters ({e})"
+            ) from None
+    params = jax.device_put(params)
+    inputs = header["inputs"]
+    ignored = set(header["ignored_inputs"])
+    call = jax.jit(exported.call)
+
+    def predict(batch: dict) -> np.ndarray:
+        unknown = sorted(set(batch) - {i["name"] for i in inputs} - ignored)
+        if unknown:
+            raise ExportError(
+                f"{path}: unexpected input key(s) {unknown}; the model takes "
+                f"{[i['name'] for i in inputs]}"
+            )
+        args, rows = {}, None
+        for spec in inputs:
+            name, shape, dtype = spec["name"], spec["shape"], np.dtype(spec["dtype"])
+            if name not in batch:
+                raise ExportError(f"{path}: input {name!r} is missing ({_describe(spec)})")
+            x = np.asarray(batch[name])
+            batch_dim = shape[0]
+            if x.ndim != len(shape) or list(x.shape[1:]) != shape[1:] or x.shape[0] < 1:
+                raise ExportError(
+                    f"{path}: input {name!r} has shape {list(x.shape)}; expected {_describe(spec)}"
+                )
+            if batch_dim != BATCH and x.shape[0] != batch_dim:
+                raise ExportError(
+                    f"{path}: input {name!r} has batch size {x.shape[0]}; this file was "
+                    f"exported for batch size {batch_dim}"
+                )
+            if rows is not None and x.shape[0] != rows:
+                raise ExportError(
+                    f"{path}: input {name!r} has {x.shape[0]} rows; the other inputs have {rows}"
+                )
+            rows = x.shape[0]
+            if x.dtype != dtype:
+                raise ExportError(
+                    f"{path}: input {name!r} has dtype {x.dtype}; expected {_describe(spec)}"
+                )
+            args[name] = x
+        return np.asarray(call(params, args))
+
+    predict.header = header
+    return predict
+
+
+def _describe(spec: dict) -> str:
+    return f"{spec['dtype']} [{', '.join(str(s) for s in spec['shape'])}]"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m vmjax.export",
+        description="Export a trained run's model to one file that vmjax.export.load runs with "
+        "jax and numpy only: float32 class scores [batch, num_classes] from the batch arrays "
+        "the data pipeline produces.",
+    )
+    parser.add_argument(
+        "--workdir", required=True, help="the run directory (config.json, checkpoints/)"
+    )
+    parser.add_argument("--out", required=True, help="the file to write, e.g. model.bin")
+    parser.add_argument(
+        "--step", type=int, default=None, help="checkpoint step to export (default: the latest)"
+    )
+    parser.add_argument(
+        "--batch_size",
+        type=int,
+        default=None,
+        help="export for this fixed batch size (default: a symbolic batch size, any works)",
+    )
+    parser.add_argument(
+        "--platforms",
+        default=",".join(PLATFORMS),
+        help="comma-separated backends the file will run on (default: %(default)s)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        export(
+            args.workdir,
+            args.out,
+            step=args.step,
+            batch_size=args.batch_size,
+            platforms=[p for p in args.platforms.split(",") if p],
+        )
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
