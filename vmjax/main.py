@@ -31,7 +31,17 @@ flags.DEFINE_string(
     "checkpoint.",
 )
 flags.DEFINE_enum(
-    "mode", "train", ["train"], "train: train, evaluating every config.eval_every steps."
+    "mode",
+    "train",
+    ["train", "eval", "predict"],
+    "train: train, evaluating every config.eval_every steps. eval: metrics of a checkpoint "
+    "(--step, default the latest) on the eval data, with per-class AP, into WORKDIR/eval/. "
+    "predict: the Kaggle CSV (VideoId,LabelConfidencePairs) for the eval data.",
+)
+flags.DEFINE_integer("step", None, "eval/predict: the checkpoint step (default: the latest).")
+flags.DEFINE_string("output", None, "predict: CSV path (default WORKDIR/predictions_step_<N>.csv).")
+flags.DEFINE_bool(
+    "top_k_jsonl", False, "predict: also write the top 20 with class names as JSON lines."
 )
 flags.DEFINE_string(
     "coordinator_address",
@@ -82,6 +92,19 @@ def main(argv):
         )
     from vmjax.train import loop  # after flag parsing: importing JAX code is slow
 
+    if FLAGS.mode != "train":
+        from vmjax.train import inference
+
+        if FLAGS.mode == "eval":
+            result = inference.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.step)
+            if jax.process_index() == 0:
+                print("Evaluation: " + ", ".join(f"{k} {v}" for k, v in result.items()))
+        else:
+            path = inference.predict(
+                FLAGS.config, FLAGS.workdir, FLAGS.step, FLAGS.output, FLAGS.top_k_jsonl
+            )
+            print(f"Predictions: {path}")
+        return
     result = loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     if jax.process_index() != 0:
         return

@@ -143,6 +143,7 @@ def evaluate(
     config: ml_collections.ConfigDict,
     class_groups: dict[str, np.ndarray] | None = None,
     bad_records: pipeline.BadRecords | None = None,
+    per_class: bool = False,
 ) -> dict:
     """GAP@20, mAP, Hit@1, PERR and mean loss over one pass of the eval data `files`.
 
@@ -185,6 +186,9 @@ def evaluate(
     }
     for name, (_, group) in groups.items():
         out[f"gap_{name}"] = group.result()["gap"]
+    if per_class:  # also precision/recall/F1 at 0.5 and per-class AP arrays
+        out.update({k: result[k] for k in ("precision", "recall", "f1")})
+        out["per_class_ap"], out["class_positives"] = evaluator.per_class_ap()
     return out
 
 

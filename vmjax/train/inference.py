@@ -1,0 +1,136 @@
+"""Evaluating and predicting with a saved checkpoint: `vmjax.main --mode eval|predict`.
+
+eval: GAP@20, mAP, Hit@1, PERR, precision/recall/F1 at a threshold and per-class AP of a
+  checkpoint on the eval data -> WORKDIR/eval/step_<N>.json and per_class_ap_step_<N>.csv.
+predict: the Kaggle video-level file (`VideoId,LabelConfidencePairs`, each row the top 20
+  `label score` pairs by descending score) -> WORKDIR/predictions_step_<N>.csv, and with
+  top_k_jsonl also one JSON line per video with class names.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from vmjax.data import pipeline, synthetic
+from vmjax.models import build_model
+from vmjax.train import loop, parallel
+from vmjax.train import state as state_lib
+from vmjax.train.checkpoint import Checkpointer
+from vmjax.train.step import model_inputs
+
+KAGGLE_TOP_K = 20
+
+
+def restore(config: ml_collections.ConfigDict, workdir: str, step: int | None = None):
+    """(placement, state on the devices, step) of checkpoint `step` (default: the latest)."""
+    directory = os.path.join(os.path.abspath(os.path.expanduser(workdir)), "checkpoints")
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{directory} does not exist: train first (--mode train)")
+    model = build_model(config.model, config.data.num_classes)
+    tx = state_lib.make_optimizer(config.optimizer, config.num_train_steps)
+    par = parallel.create(config, model, tx)
+    spec = pipeline.BatchSpec.from_config(config.data)
+    state = state_lib.create_train_state(
+        model, tx, model_inputs(pipeline.example_batch(spec)), jax.random.PRNGKey(config.seed)
+    )
+    state = par.put_state(state)
+    ckpt = Checkpointer(directory, config.keep_checkpoints)
+    try:
+        steps = ckpt.all_steps()
+        step = steps[-1] if step is None and steps else step
+        if step is None or step not in steps:
+            raise FileNotFoundError(f"no checkpoint {step} in {directory}; it has {steps}")
+        state = par.put_state(ckpt.restore(step, par.checkpoint_view(state)))
+    finally:
+        ckpt.close()
+    logging.info("Restored %s", os.path.join(directory, str(step)))
+    return par, state, step
+
+
+def class_names(data_dir: str | None, num_classes: int) -> list[str]:
+    """Names by class index: the embedded data's classes.csv, else the 2018 vocabulary."""
+    names = []
+    if data_dir:
+        with open(os.path.join(data_dir, "classes.csv"), newline="") as f:
+            names = [row["Name"] for row in csv.DictReader(f)]
+    elif num_classes == 3862:
+        names = synthetic.load_class_names()
+    return (names + [""] * num_classes)[:num_classes]
+
+
+def evaluate_checkpoint(
+    config: ml_collections.ConfigDict, workdir: str, step: int | None = None
+) -> dict:
+    """Metrics of a checkpoint on the eval data, written under WORKDIR/eval/."""
+    par, state, step = restore(config, workdir, step)
+    _, eval_files, data_dir = loop.resolve_data(config)
+    kinds = synthetic.class_kinds(data_dir) if data_dir else None
+
+    def eval_fn(state, batch):
+        return par.eval_step(state, par.put_batch(batch))
+
+    result = loop.evaluate(eval_fn, state, eval_files, config, kinds, per_class=True)
+    ap, positives = result.pop("per_class_ap"), result.pop("class_positives")
+    result = {"step": step, **result}
+    if jax.process_index() == 0:
+        out = os.path.join(workdir, "eval")
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, f"step_{step}.json"), "w") as f:
+            json.dump(result, f, indent=2)
+        names = class_names(data_dir, config.data.num_classes)
+        with open(os.path.join(out, f"per_class_ap_step_{step}.csv"), "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["Index", "Name", "Positives", "AP"])
+            for c in np.flatnonzero(positives):
+                w.writerow([c, names[c], int(positives[c]), f"{ap[c]:.6f}"])
+        logging.info("Wrote %s/step_%d.json and per_class_ap_step_%d.csv", out, step, step)
+    return result
+
+
+def predict(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    step: int | None = None,
+    out: str | None = None,
+    top_k_jsonl: bool = False,
+) -> str:
+    """Writes the Kaggle video-level CSV for the eval data; returns its path."""
+    if jax.process_count() > 1:
+        raise NotImplementedError("--mode predict runs in one process (video ids stay local)")
+    par, state, step = restore(config, workdir, step)
+    _, eval_files, data_dir = loop.resolve_data(config)
+    spec = pipeline.BatchSpec.from_config(config.data)
+    out = out or os.path.join(workdir, f"predictions_step_{step}.csv")
+    names = class_names(data_dir, config.data.num_classes) if top_k_jsonl else None
+    tmp = out + ".tmp"
+    jsonl = open(os.path.splitext(out)[0] + ".jsonl.tmp", "w") if top_k_jsonl else None
+    rows = 0
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["VideoId", "LabelConfidencePairs"])
+        for batch in loop.eval_stream(config, spec, eval_files, config.eval_batch_size):
+            scores = np.asarray(par.eval_step(state, par.put_batch(batch))["scores"])
+            top = np.argsort(-scores, axis=1, kind="stable")[:, :KAGGLE_TOP_K]
+            for r in np.flatnonzero(batch["weights"]):
+                pairs = " ".join(f"{c} {scores[r, c]:.6f}" for c in top[r])
+                w.writerow([batch["ids"][r], pairs])
+                if jsonl:
+                    classes = [
+                        {"index": int(c), "name": names[c], "score": round(float(scores[r, c]), 6)}
+                        for c in top[r]
+                    ]
+                    jsonl.write(json.dumps({"id": str(batch["ids"][r]), "top": classes}) + "\n")
+                rows += 1
+    os.replace(tmp, out)  # complete files only
+    if jsonl:
+        jsonl.close()
+        os.replace(jsonl.name, os.path.splitext(out)[0] + ".jsonl")
+    logging.info("Wrote %d videos' predictions to %s", rows, out)
+    return out
