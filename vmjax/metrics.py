@@ -140,14 +140,16 @@ def _expected_ap_sums(
 class Evaluator:
     """Streams GAP@k, mAP@k, Hit@1 and PERR; keeps only each video's top k."""
 
-    def __init__(self, num_classes: int, k: int = 20, threshold: float = 0.5):
+    def __init__(self, num_classes: int, k: int = 20, threshold: float | None = None):
         if not 1 <= num_classes <= 2**20 or k < 1:  # classes must fit the sort keys' bits
             raise ValueError(
                 f"Evaluator: need 1 <= num_classes <= 2**20 and k >= 1, got {num_classes}, {k}"
             )
         self.num_classes = num_classes
         self.k = min(k, num_classes)
-        self.threshold = np.float32(threshold)  # for precision / recall / F1
+        # With a threshold, also precision / recall / F1 of scores >= it (two more passes over
+        # every batch, so off by default).
+        self.threshold = None if threshold is None else np.float32(threshold)
         self.reset()
 
     def reset(self) -> None:
@@ -193,9 +195,10 @@ class Evaluator:
         self._positive.append(positive[in_top_k])
         self._class_positives += labels.sum(axis=0).astype(np.int64)
         self._num_videos += len(scores)
-        above = scores >= self.threshold
-        self._predicted += int(np.count_nonzero(above))
-        self._true_positives += int(np.count_nonzero(above & (labels != 0)))
+        if self.threshold is not None:
+            above = scores >= self.threshold
+            self._predicted += int(np.count_nonzero(above))
+            self._true_positives += int(np.count_nonzero(above & (labels != 0)))
 
         ones = np.ones(len(scores), np.int64)
         self._hit_sum += float(_expected_hits(values, positive, start, count, ones).sum())
@@ -232,19 +235,19 @@ class Evaluator:
         has_pos = self._class_positives > 0
         class_sums = _expected_ap_sums(scores, positive, classes, self.num_classes)
         aps = class_sums[has_pos] / self._class_positives[has_pos]
-        precision = self._true_positives / self._predicted if self._predicted else 0.0
-        recall = self._true_positives / total if total else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        return {
+        out = {
             "gap": float(gap_value),
             "map": float(aps.mean()) if aps.size else 0.0,
             "hit_at_1": self._hit_sum / self._num_videos,
             "perr": self._perr_sum / self._num_videos,
             "num_videos": self._num_videos,
-            "precision": float(precision),
-            "recall": float(recall),
-            "f1": float(f1),
         }
+        if self.threshold is not None:
+            precision = self._true_positives / self._predicted if self._predicted else 0.0
+            recall = self._true_positives / total if total else 0.0
+            f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+            out.update(precision=float(precision), recall=float(recall), f1=float(f1))
+        return out
 
     def per_class_ap(self) -> tuple[np.ndarray, np.ndarray]:
         """(AP@k per class, positives per class); NaN AP for classes without positives.

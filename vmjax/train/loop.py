@@ -156,7 +156,7 @@ def evaluate(
     classes' columns only (e.g. per class kind of the embedded data).
     """
     spec = pipeline.BatchSpec.from_config(config.data)
-    evaluator = metrics.Evaluator(spec.num_classes)
+    evaluator = metrics.Evaluator(spec.num_classes, threshold=0.5 if per_class else None)
     groups = {
         name: (cols, metrics.Evaluator(len(cols)))
         for name, cols in (class_groups or {}).items()
@@ -186,7 +186,7 @@ def evaluate(
     }
     for name, (_, group) in groups.items():
         out[f"gap_{name}"] = group.result()["gap"]
-    if per_class:  # also precision/recall/F1 at 0.5 and per-class AP arrays
+    if per_class:  # also precision/recall/F1 of scores >= 0.5 and per-class AP arrays
         out.update({k: result[k] for k in ("precision", "recall", "f1")})
         out["per_class_ap"], out["class_positives"] = evaluator.per_class_ap()
     return out
