@@ -306,3 +306,39 @@ def test_threshold_precision_recall_f1_and_per_class_ap_by_hand():
 def test_evaluator_rejects_wrong_shape():
     with pytest.raises(ValueError, match="Evaluator.update"):
         metrics.Evaluator(10).update(np.zeros((2, 9)), np.zeros((2, 9)))
+
+
+def _segment_ap_reference(scores, positive, classes, k):
+    """Per class: sort rated segments by score, AP over the top k, divided by all positives."""
+    aps = []
+    for c in np.unique(classes):
+        s, p = scores[classes == c], positive[classes == c]
+        if not p.any():
+            continue
+        ranked = p[np.argsort(-s, kind="stable")][:k]
+        hits = np.cumsum(ranked)
+        precision = hits / np.arange(1, len(ranked) + 1)
+        aps.append((precision * ranked).sum() / p.sum())
+    return float(np.mean(aps))
+
+
+@pytest.mark.parametrize("k", [3, 100_000])
+def test_segment_map_matches_a_per_class_reference(k):
+    rng = np.random.default_rng(7)
+    n = 400
+    classes = rng.choice([3, 7, 11, 50, 1000], n)
+    positive = rng.random(n) < 0.3
+    scores = (rng.random(n) + 0.3 * positive).astype(np.float32)
+    got = metrics.segment_map(scores, positive, classes, k=k)
+    assert got == pytest.approx(_segment_ap_reference(scores, positive, classes, k), abs=1e-9)
+
+
+def test_segment_map_by_hand_and_unrated_classes_do_not_count():
+    # class 1: positive ranked 2nd of 2 -> AP 1/2; class 2: no positive rating -> left out.
+    scores = np.array([0.9, 0.4, 0.8], np.float32)
+    positive = np.array([0, 1, 0])
+    classes = np.array([1, 1, 2])
+    assert metrics.segment_map(scores, positive, classes) == pytest.approx(0.5)
+    # With k=1 the positive is cut off: AP 0.
+    assert metrics.segment_map(scores, positive, classes, k=1) == 0.0
+    assert metrics.segment_map([], [], []) == 0.0

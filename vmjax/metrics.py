@@ -292,3 +292,34 @@ def hit_at_one(scores: np.ndarray, labels: np.ndarray) -> float:
 def perr(scores: np.ndarray, labels: np.ndarray) -> float:
     """Precision at equal recall rate: precision in each video's top n, n = its positives."""
     return _evaluate(scores, labels, 1)["perr"]
+
+
+def segment_map(
+    scores: np.ndarray, positive: np.ndarray, classes: np.ndarray, k: int = 100_000
+) -> float:
+    """MAP@k of the 2019 segment task over rated (segment, class) pairs.
+
+    One entry per rated pair: its score, whether the rating was positive, and its class. Per
+    class, the rated segments are ranked by score and the top k kept; AP = sum_i precision@i *
+    rel_i / P with P all of the class's positive ratings (also those cut off). Unrated pairs
+    never count. The mean is over classes with at least one positive rating; ties in score
+    count at their expected value, as everywhere here.
+    """
+    scores = np.asarray(scores, np.float32).reshape(-1)
+    positive = np.asarray(positive).reshape(-1) != 0
+    classes = np.asarray(classes).reshape(-1).astype(np.int64)
+    if not (len(scores) == len(positive) == len(classes)):
+        raise ValueError("segment_map: scores, positive and classes must have equal lengths")
+    if len(scores) == 0:
+        return 0.0
+    _, classes = np.unique(classes, return_inverse=True)  # dense class ids
+    num_classes = int(classes.max()) + 1
+    # Rank within each class by descending score (ties: input order) to cut at k.
+    order = np.lexsort((_descending_bits(scores), classes))
+    sizes = np.bincount(classes, minlength=num_classes)
+    rank = np.arange(len(order)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    keep = order[rank < k]
+    positives = np.bincount(classes[positive], minlength=num_classes)
+    sums = _expected_ap_sums(scores[keep], positive[keep], classes[keep], num_classes)
+    rated = positives > 0
+    return float(np.mean(sums[rated] / positives[rated])) if rated.any() else 0.0
