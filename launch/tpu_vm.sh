@@ -12,12 +12,13 @@
 # Launcher options go before `--`; everything after it goes to
 # `python -m vmjax.main` on each worker, each argument quoted for the remote shell.
 # The checkout and its dependencies must already be on every worker, and the
-# workdir must be one they all see: a gs:// path works (orbax writes to GCS).
+# workdir must be a POSIX path they all see (NFS, a Filestore or gcsfuse mount):
+# metrics and config are written with plain file I/O.
 #
 # Environment: GCLOUD, the gcloud binary (default: gcloud).
 #
 # Example:
-#   launch/tpu_vm.sh my-tpu us-central2-b -- --config configs/yt8m.py --workdir gs://bucket/run1
+#   launch/tpu_vm.sh my-tpu us-central2-b -- --config configs/yt8m.py --workdir /mnt/shared/run1
 set -euo pipefail
 
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; }
@@ -57,7 +58,7 @@ done
     die "unexpected argument '${positional[2]}' (trainer arguments go after '--')"
 tpu_name=${positional[0]}
 zone=${positional[1]}
-(($#)) || die "missing trainer arguments after '--', e.g. -- --config configs/yt8m.py --workdir gs://BUCKET/run"
+(($#)) || die "missing trainer arguments after '--', e.g. -- --config configs/yt8m.py --workdir /mnt/shared/run"
 [[ -n $repo_dir ]] || die "--repo-dir must not be empty"
 [[ -n $python ]] || die "--python must not be empty"
 
