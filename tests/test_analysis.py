@@ -1,6 +1,5 @@
 """Checkpoint analysis on a smoke run: loading, per-class AP, ablation, plots and the notebook."""
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -13,34 +12,18 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from tests.train.test_loop import _small  # noqa: E402
 from vmjax import analysis, metrics  # noqa: E402
 from vmjax.train import loop  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _config(cache_dir):
-    spec = importlib.util.spec_from_file_location("yt8m_config", ROOT / "configs" / "yt8m.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config("frame,smoke")
-    c.data.cache_dir = str(cache_dir)
-    c.data.synthetic.num_train = 96
-    c.data.synthetic.num_validate = 40
-    c.batch_size = 16
-    c.eval_batch_size = 16
-    c.num_train_steps = 6
-    c.eval_every = 3
-    c.checkpoint_every = 3
-    c.log_every = 2
-    return c
-
-
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("analysis")
     workdir = str(tmp / "w")
-    loop.train_and_evaluate(_config(tmp / "cache"), workdir)
+    loop.train_and_evaluate(_small(tmp, "frame,smoke"), workdir)
     return workdir
 
 

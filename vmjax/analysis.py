@@ -11,7 +11,6 @@ work under Agg, in scripts and in notebooks alike.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import functools
 import json
@@ -25,10 +24,9 @@ from matplotlib.figure import Figure
 
 from vmjax import metrics
 from vmjax.data import pipeline, synthetic
-from vmjax.models import build_model
 from vmjax.train import loop
 from vmjax.train import state as state_lib
-from vmjax.train.checkpoint import Checkpointer
+from vmjax.train.checkpoint import restore_checkpoint
 from vmjax.train.step import model_inputs
 
 MODALITIES = ("rgb", "audio", "text")
@@ -63,37 +61,15 @@ class Run:
         if "config" not in saved:
             raise ValueError(f"{path} has no 'config' entry")
         config = ml_collections.ConfigDict(saved["config"])
-        model = build_model(config.model, config.data.num_classes)
-        tx = state_lib.make_optimizer(config.optimizer, config.num_train_steps)
-        spec = pipeline.BatchSpec.from_config(config.data)
-        like = state_lib.create_train_state(
-            model, tx, model_inputs(pipeline.example_batch(spec)), jax.random.PRNGKey(config.seed)
-        )
-        ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=1)
-        try:
-            if step is None:
-                step = ckpt.latest_step()
-                if step is None:
-                    raise FileNotFoundError(f"{ckpt.directory} holds no checkpoint")
-            elif not os.path.isdir(os.path.join(ckpt.directory, str(step))):
-                have = sorted(int(s) for s in os.listdir(ckpt.directory) if s.isdigit())
-                raise FileNotFoundError(
-                    f"{ckpt.directory} has no checkpoint for step {step}; it has steps {have}"
-                )
-            state = ckpt.restore(step, like)
-        finally:
-            ckpt.close()
+        model, _, like = state_lib.init_run(config)
+        state, step = restore_checkpoint(os.path.join(workdir, "checkpoints"), like, step)
         _, eval_files, data_dir = loop.resolve_data(config)
         data_dir = data_dir or saved.get("resolved", {}).get("embedded_data_dir")
         num_classes = config.data.num_classes
-        if data_dir:
-            kinds = synthetic.class_kinds(data_dir)
-            names = _embedded_class_names(data_dir)
-            oracle = synthetic.read_oracle(data_dir)
-        else:
-            kinds, oracle = None, None
-            names = synthetic.load_class_names()
-        names = names[:num_classes] + [f"class {i}" for i in range(len(names), num_classes)]
+        kinds = synthetic.class_kinds(data_dir) if data_dir else None
+        oracle = synthetic.read_oracle(data_dir) if data_dir else None
+        names = synthetic.class_names(data_dir, num_classes)
+        names = [name or f"class {i}" for i, name in enumerate(names)]
         return cls(
             workdir=workdir,
             config=config,
@@ -138,15 +114,6 @@ class Run:
         return jax.jit(forward)
 
 
-def _embedded_class_names(data_dir: str) -> list[str]:
-    with open(os.path.join(data_dir, "classes.csv"), newline="") as f:
-        rows = list(csv.DictReader(f))
-    names = [""] * len(rows)
-    for r in rows:
-        names[int(r["Index"])] = r["Name"]
-    return names
-
-
 def _read_metrics(path: str) -> list[dict]:
     if not os.path.exists(path):
         return []
@@ -155,27 +122,12 @@ def _read_metrics(path: str) -> list[dict]:
 
 
 def per_class_ap(scores: np.ndarray, labels: np.ndarray, k: int = 20) -> np.ndarray:
-    """Per-class AP as in YT8M's mAP@k: NaN for classes with no positive.
-
-    Each video keeps its top `k` classes (ties: lowest class index, as vmjax.metrics); a class's
-    AP ranks its kept videos by score and divides the summed precision at each positive by all
-    of the class's positives, so positives outside the top k count as misses. Tied scores are
-    ranked in video order (vmjax.metrics takes the expectation over tie orders instead).
-    """
+    """Per-class AP as in YT8M's mAP@k (vmjax.metrics.Evaluator): NaN for classes with no
+    positive. Each video keeps its top `k` classes; positives outside them count as misses."""
     scores = np.asarray(scores, np.float32)
-    labels = np.asarray(labels) != 0
-    k = min(k, scores.shape[1])
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    kept = np.zeros(scores.shape, bool)
-    np.put_along_axis(kept, top, True, axis=1)
-    positives = labels.sum(0)
-    ap = np.full(scores.shape[1], np.nan)
-    for c in np.flatnonzero(positives):
-        rows = np.flatnonzero(kept[:, c])
-        hits = labels[rows[np.argsort(-scores[rows, c], kind="stable")], c]
-        precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
-        ap[c] = (precision * hits).sum() / positives[c]
-    return ap
+    evaluator = metrics.Evaluator(scores.shape[1], k)
+    evaluator.update(scores, np.asarray(labels) != 0)
+    return evaluator.per_class_ap()[0]
 
 
 def ablated_inputs(inputs: dict, drop: tuple[str, ...]) -> dict:

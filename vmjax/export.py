@@ -59,9 +59,8 @@ def export(
 
     from vmjax import __version__
     from vmjax.data import pipeline
-    from vmjax.models import build_model
     from vmjax.train import state as state_lib
-    from vmjax.train.checkpoint import Checkpointer
+    from vmjax.train.checkpoint import restore_checkpoint
     from vmjax.train.step import DTYPES, cast_floats, model_inputs
 
     workdir = os.path.abspath(os.path.expanduser(workdir))
@@ -77,32 +76,19 @@ def export(
         raise ExportError(f"batch_size={batch_size}; expected a positive number (or none)")
 
     ckpt_dir = os.path.join(workdir, "checkpoints")
-    steps = _checkpoint_steps(ckpt_dir)
-    if not steps:
-        raise ExportError(f"{workdir} has no checkpoints (in {ckpt_dir}); train it first")
-    if step is None:
-        step = steps[-1]
-    elif step not in steps:
-        raise ExportError(f"{ckpt_dir} has no checkpoint for step {step}; it has steps {steps}")
-
+    model, _, like = state_lib.init_run(config)
+    try:
+        state, step = restore_checkpoint(ckpt_dir, like, step)
+    except FileNotFoundError as e:
+        raise ExportError(str(e)) from None
     d = config.data
     log(
         f"Run {workdir}: model {config.model.name}, {d.level}-level data, "
-        f"{d.num_classes} classes, step {step} of {config.num_train_steps}"
+        f"{d.num_classes} classes; restored {os.path.join(ckpt_dir, str(step))} "
+        f"(step {step} of {config.num_train_steps})"
     )
-    model = build_model(config.model, d.num_classes)
     spec = pipeline.BatchSpec.from_config(d).for_eval()
-    tx = state_lib.make_optimizer(config.optimizer, config.num_train_steps)
     example = pipeline.example_batch(spec)
-    like = state_lib.create_train_state(
-        model, tx, model_inputs(example), jax.random.PRNGKey(config.seed)
-    )
-    ckpt = Checkpointer(ckpt_dir, keep=config.keep_checkpoints)
-    try:
-        log(f"Restoring {os.path.join(ckpt_dir, str(step))}")
-        state = ckpt.restore(step, like)
-    finally:
-        ckpt.close()
     variables = {"params": state.params, **state.model_state}
     flat, treedef = jax.tree_util.tree_flatten_with_path(variables)
     leaves = []
@@ -179,13 +165,6 @@ def export(
         "inputs " + ", ".join(f"{i['name']} {i['dtype']}{i['shape']}" for i in header["inputs"])
     )
     return header
-
-
-def _checkpoint_steps(directory: str) -> list[int]:
-    """Steps of the complete checkpoints (orbax renames a step's directory when it is done)."""
-    if not os.path.isdir(directory):
-        return []
-    return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
 
 
 def _class_name_source(config) -> str | None:

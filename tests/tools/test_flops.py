@@ -1,14 +1,12 @@
 """XLA FLOP counts of the train step against a hand count, and the peak FLOP/s table's rules."""
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import pytest
 
-from vmjax.models import build_model
+from tests.train.test_step import _setup
 from vmjax.tools import flops
 from vmjax.train import parallel
-from vmjax.train import state as state_lib
 from vmjax.train.step import model_inputs
 
 D, C, B = 1024 + 128, 50, 64  # logistic: one Dense [D -> C] on video-level rgb + audio
@@ -24,24 +22,13 @@ def _logistic_step_flops(grad_accum=1):
             "on_nonfinite_loss": "stop",
         }
     )
-    model = build_model(ml_collections.ConfigDict({"name": "logistic"}), C)
-    opt = ml_collections.ConfigDict(
-        {
-            "learning_rate": 0.01,
-            "warmup_steps": 0,
-            "end_learning_rate_factor": 1.0,
-            "weight_decay": 0.0,
-            "clip_norm": 1.0,
-        }
-    )
-    tx = state_lib.make_optimizer(opt, 10)
+    model, tx, state = _setup("logistic", C, learning_rate=0.01)
     batch = {
         "rgb": jnp.zeros((B, 1024)),
         "audio": jnp.zeros((B, 128)),
         "labels": jnp.zeros((B, C), jnp.uint8),
         "weights": jnp.ones(B),
     }
-    state = state_lib.create_train_state(model, tx, model_inputs(batch), jax.random.PRNGKey(0))
     par = parallel.create(config, model, tx)
     step, loops = flops.step_flops(config, model, tx, par.put_state(state), batch)
     forward, _ = flops.forward_flops(model, state, model_inputs(batch), "float32")

@@ -8,13 +8,11 @@ import functools
 import json
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vmjax.models import build_model
+from tests.train import test_step
 from vmjax.train import parallel
-from vmjax.train import state as state_lib
 from vmjax.train.step import train_step
 
 NUM_CLASSES, BATCH, STEPS = 12, 32, 3
@@ -35,19 +33,7 @@ def _config(**overrides):
 
 
 def _setup():
-    model = build_model(ml_collections.ConfigDict({"name": "moe", "num_mixtures": 2}), NUM_CLASSES)
-    opt = ml_collections.ConfigDict(
-        {
-            "learning_rate": 0.01,
-            "warmup_steps": 0,
-            "end_learning_rate_factor": 1.0,
-            "weight_decay": 0.0,
-            "clip_norm": 1.0,
-        }
-    )
-    tx = state_lib.make_optimizer(opt, 100)
-    inputs = {"rgb": jnp.zeros((1, 1024)), "audio": jnp.zeros((1, 128))}
-    return model, tx, state_lib.create_train_state(model, tx, inputs, jax.random.PRNGKey(0))
+    return test_step._setup("moe", NUM_CLASSES, learning_rate=0.01)
 
 
 def _batches():

@@ -47,7 +47,7 @@ def test_eval_mode_reproduces_the_logged_metrics_and_writes_per_class_ap(run):
     assert all(int(r["Positives"]) > 0 for r in rows) and rows[0]["Name"]
     earlier = inference.evaluate_checkpoint(config, workdir, step=3)
     assert earlier["step"] == 3 and earlier["gap"] == pytest.approx(logged[0]["gap"], abs=1e-6)
-    with pytest.raises(FileNotFoundError, match="no checkpoint 4"):
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint for step 4; it has steps \[3, 6\]"):
         inference.evaluate_checkpoint(config, workdir, step=4)
 
 

@@ -41,12 +41,13 @@ def test_model_inputs_dequantize_on_device_like_the_spec():
     np.testing.assert_array_equal(model_inputs(floats)["rgb"], 1.0)
 
 
-def _setup(name="moe"):
+def _setup(name="moe", num_classes=10, learning_rate=0.05):
+    """A small model, constant-rate Adam (clipped at norm 1) and its state from seed 0."""
     cfg = ml_collections.ConfigDict({"name": name, "num_mixtures": 2})
-    model = build_model(cfg, 10)
+    model = build_model(cfg, num_classes)
     opt = ml_collections.ConfigDict(
         {
-            "learning_rate": 0.05,
+            "learning_rate": learning_rate,
             "warmup_steps": 0,
             "end_learning_rate_factor": 1.0,
             "weight_decay": 0.0,

@@ -513,6 +513,21 @@ def class_kinds(data_dir: str) -> dict[str, np.ndarray]:
     }
 
 
+def class_names(data_dir: str | None, num_classes: int) -> list[str]:
+    """Names by class index, '' where unknown: a generated dataset's classes.csv, else the
+    2018 vocabulary when there are its 3862 classes (the 2017 data's 4716 are another list)."""
+    names = []
+    if data_dir:
+        with open(os.path.join(data_dir, "classes.csv"), newline="") as f:
+            names = [""] * num_classes
+            for row in csv.DictReader(f):
+                if int(row["Index"]) < num_classes:
+                    names[int(row["Index"])] = row["Name"]
+    elif num_classes == 3862:
+        names = load_class_names()
+    return (names + [""] * num_classes)[:num_classes]
+
+
 def read_oracle(data_dir: str) -> dict:
     with open(os.path.join(data_dir, "oracle.json")) as f:
         return json.load(f)

@@ -37,7 +37,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 from tensorflow_datasets.core import dataset_info as dataset_info_lib
 
-from vmjax.data import tfrecord, yt8m
+from vmjax.data import tfrecord, wire, yt8m
 
 NAME = "yt8m"
 VERSION = "1.0.0"
@@ -71,18 +71,9 @@ def features() -> tfds.features.FeaturesDict:
     )
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def _ld(payload_len: int) -> bytes:
     """Tag of field 1 (wire type 2) and a length: how each nesting level below starts."""
-    return b"\x0a" + _varint(payload_len)
+    return b"\x0a" + wire.varint(payload_len)
 
 
 # Example{1: Features{1: map entry {1: "record", 2: Feature{1: BytesList{1: payload}}}}}.
@@ -95,23 +86,11 @@ def wrap(payload: bytes) -> bytes:
     `features().serialize_example`."""
     value = _ld(len(payload))
     bytes_list = _ld(len(value) + len(payload))
-    feature = b"\x12" + _varint(len(bytes_list) + len(value) + len(payload))
+    feature = b"\x12" + wire.varint(len(bytes_list) + len(value) + len(payload))
     entry_len = len(_KEY) + len(feature) + len(bytes_list) + len(value) + len(payload)
     entry = _ld(entry_len)
     example = _ld(len(entry) + entry_len)
     return b"".join((example, entry, _KEY, feature, bytes_list, value, payload))
-
-
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while shift < 64:
-        byte = data[pos]
-        value |= (byte & 0x7F) << shift
-        pos += 1
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-    raise ValueError("varint too long")
 
 
 def unwrap(data: bytes) -> bytes | None:
@@ -121,7 +100,7 @@ def unwrap(data: bytes) -> bytes | None:
         for expected in (b"\x0a", b"\x0a", _KEY + b"\x12", b"\x0a", b"\x0a"):
             if data[pos : pos + len(expected)] != expected:
                 return None
-            length, pos = _read_varint(data, pos + len(expected))
+            length, pos = wire.read_varint(data, pos + len(expected))
             if pos + length != len(data):  # each level ends where the record ends
                 return None
         return data[pos:]

@@ -15,6 +15,7 @@ from google.protobuf import message
 from tensorflow_datasets.proto import tf_example_pb2
 from tensorflow_datasets.proto import tf_feature_generated_pb2 as tf_feature_pb2
 
+from vmjax.data import wire
 from vmjax.data.tfrecord import RecordError
 
 RGB_DIM = 1024
@@ -250,60 +251,19 @@ def decode_video_example(
     return out
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def _frame_header(dim: int) -> np.ndarray:
     """Wire bytes before each frame's data in a FeatureList of 1-string bytes_list frames.
 
     FeatureList.feature (field 1), Feature.bytes_list (field 1) and BytesList.value (field 1)
     are each a tag 0x0a and a varint length: 0a L1 0a L2 0a L3, L3 = dim.
     """
-    value = b"\x0a" + _varint(dim)
-    bytes_list = b"\x0a" + _varint(len(value) + dim)
-    feature = b"\x0a" + _varint(len(bytes_list) + len(value) + dim)
+    value = b"\x0a" + wire.varint(dim)
+    bytes_list = b"\x0a" + wire.varint(len(value) + dim)
+    feature = b"\x0a" + wire.varint(len(bytes_list) + len(value) + dim)
     return np.frombuffer(feature + bytes_list + value, np.uint8)
 
 
 _FRAME_HEADERS = {dim: _frame_header(dim) for dim in (RGB_DIM, AUDIO_DIM)}
-
-
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    """(value, next position) of the varint at `pos`; raises IndexError past the end."""
-    value = shift = 0
-    while True:
-        byte = data[pos]
-        value |= (byte & 0x7F) << shift
-        pos += 1
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint too long")
-
-
-def _len_fields(data: bytes, start: int, end: int):
-    """(field number, value start, value end) of each length-delimited field in data[start:end].
-
-    Raises ValueError at anything else (another wire type, a length past the end), so callers
-    can fall back to the protobuf parser, which names the problem.
-    """
-    pos = start
-    while pos < end:
-        tag, pos = _read_varint(data, pos)
-        if tag & 7 != 2:
-            raise ValueError("not a length-delimited field")
-        length, pos = _read_varint(data, pos)
-        if pos + length > end:
-            raise ValueError("length past the end")
-        yield tag >> 3, pos, pos + length
-        pos += length
 
 
 def _split_sequence_example(data: bytes) -> tuple[bytes, dict[str, tuple[int, int]]] | None:
@@ -317,17 +277,17 @@ def _split_sequence_example(data: bytes) -> tuple[bytes, dict[str, tuple[int, in
     try:
         context, lists = b"", {}
         seen = set()
-        for field, start, end in _len_fields(data, 0, len(data)):
+        for field, start, end in wire.len_fields(data, 0, len(data)):
             if field in seen or field not in (1, 2):
                 return None
             seen.add(field)
             if field == 1:
                 context = data[start:end]
                 continue
-            for entry_field, e_start, e_end in _len_fields(data, start, end):
+            for entry_field, e_start, e_end in wire.len_fields(data, start, end):
                 if entry_field != 1:
                     return None
-                parts = {f: (a, b) for f, a, b in _len_fields(data, e_start, e_end)}
+                parts = {f: (a, b) for f, a, b in wire.len_fields(data, e_start, e_end)}
                 if set(parts) - {1, 2} or 1 not in parts:
                     return None
                 key = data[slice(*parts[1])].decode("utf-8")

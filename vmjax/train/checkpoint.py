@@ -33,9 +33,6 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
-    def all_steps(self) -> list[int]:
-        return sorted(self._manager.all_steps())
-
     def save(self, step: int, state: TrainState, data_iterator=None) -> None:
         items = {"state": ocp.args.StandardSave(state)}
         if data_iterator is not None:
@@ -65,6 +62,34 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
+
+
+def complete_steps(directory: str) -> list[int]:
+    """Steps of the complete checkpoints in `directory` (orbax renames a step's directory into
+    place when it is done); [] when there is none. Creates nothing."""
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
+
+
+def restore_checkpoint(directory: str, like: TrainState, step: int | None = None):
+    """(state, step) of checkpoint `step` (default: the latest) in `directory`, no data state.
+
+    FileNotFoundError names the directory and the steps it has when there is no such step.
+    """
+    steps = complete_steps(directory)
+    if not steps:
+        raise FileNotFoundError(f"{directory} has no checkpoints: train first (--mode train)")
+    step = steps[-1] if step is None else step
+    if step not in steps:
+        raise FileNotFoundError(
+            f"{directory} has no checkpoint for step {step}; it has steps {steps}"
+        )
+    ckpt = Checkpointer(directory, keep=len(steps))
+    try:
+        return ckpt.restore(step, like), step
+    finally:
+        ckpt.close()
 
 
 class _Snapshot:

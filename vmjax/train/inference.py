@@ -19,11 +19,9 @@ import numpy as np
 from absl import logging
 
 from vmjax.data import pipeline, synthetic
-from vmjax.models import build_model
 from vmjax.train import loop, parallel
 from vmjax.train import state as state_lib
-from vmjax.train.checkpoint import Checkpointer
-from vmjax.train.step import model_inputs
+from vmjax.train.checkpoint import restore_checkpoint
 
 KAGGLE_TOP_K = 20
 
@@ -31,38 +29,12 @@ KAGGLE_TOP_K = 20
 def restore(config: ml_collections.ConfigDict, workdir: str, step: int | None = None):
     """(placement, state on the devices, step) of checkpoint `step` (default: the latest)."""
     directory = os.path.join(os.path.abspath(os.path.expanduser(workdir)), "checkpoints")
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"{directory} does not exist: train first (--mode train)")
-    model = build_model(config.model, config.data.num_classes)
-    tx = state_lib.make_optimizer(config.optimizer, config.num_train_steps)
+    model, tx, like = state_lib.init_run(config)
     par = parallel.create(config, model, tx)
-    spec = pipeline.BatchSpec.from_config(config.data)
-    state = state_lib.create_train_state(
-        model, tx, model_inputs(pipeline.example_batch(spec)), jax.random.PRNGKey(config.seed)
-    )
-    state = par.put_state(state)
-    ckpt = Checkpointer(directory, config.keep_checkpoints)
-    try:
-        steps = ckpt.all_steps()
-        step = steps[-1] if step is None and steps else step
-        if step is None or step not in steps:
-            raise FileNotFoundError(f"no checkpoint {step} in {directory}; it has {steps}")
-        state = par.put_state(ckpt.restore(step, par.checkpoint_view(state)))
-    finally:
-        ckpt.close()
+    like = par.checkpoint_view(par.put_state(like))  # restore straight into the placement
+    state, step = restore_checkpoint(directory, like, step)
     logging.info("Restored %s", os.path.join(directory, str(step)))
-    return par, state, step
-
-
-def class_names(data_dir: str | None, num_classes: int) -> list[str]:
-    """Names by class index: the embedded data's classes.csv, else the 2018 vocabulary."""
-    names = []
-    if data_dir:
-        with open(os.path.join(data_dir, "classes.csv"), newline="") as f:
-            names = [row["Name"] for row in csv.DictReader(f)]
-    elif num_classes == 3862:
-        names = synthetic.load_class_names()
-    return (names + [""] * num_classes)[:num_classes]
+    return par, par.put_state(state), step
 
 
 def evaluate_checkpoint(
@@ -84,7 +56,7 @@ def evaluate_checkpoint(
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, f"step_{step}.json"), "w") as f:
             json.dump(result, f, indent=2)
-        names = class_names(data_dir, config.data.num_classes)
+        names = synthetic.class_names(data_dir, config.data.num_classes)
         with open(os.path.join(out, f"per_class_ap_step_{step}.csv"), "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["Index", "Name", "Positives", "AP"])
@@ -108,7 +80,7 @@ def predict(
     _, eval_files, data_dir = loop.resolve_data(config)
     spec = pipeline.BatchSpec.from_config(config.data)
     out = out or os.path.join(workdir, f"predictions_step_{step}.csv")
-    names = class_names(data_dir, config.data.num_classes) if top_k_jsonl else None
+    names = synthetic.class_names(data_dir, config.data.num_classes) if top_k_jsonl else None
     tmp = out + ".tmp"
     jsonl = open(os.path.splitext(out)[0] + ".jsonl.tmp", "w") if top_k_jsonl else None
     rows = 0

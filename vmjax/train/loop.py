@@ -17,11 +17,9 @@ from absl import logging
 
 from vmjax import metrics
 from vmjax.data import pipeline, synthetic
-from vmjax.models import build_model
 from vmjax.train import parallel
 from vmjax.train import state as state_lib
 from vmjax.train.checkpoint import Checkpointer
-from vmjax.train.step import model_inputs
 
 
 def resolve_data(config: ml_collections.ConfigDict) -> tuple[list[str], list[str], str | None]:
@@ -263,12 +261,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
     if is_main:
         _write_config(config, workdir, train_files, eval_files, data_dir)
 
-    model = build_model(config.model, d.num_classes)
-    tx = state_lib.make_optimizer(config.optimizer, config.num_train_steps)
+    model, tx, state = state_lib.init_run(config)
     par = parallel.create(config, model, tx)
     spec = pipeline.BatchSpec.from_config(d)
-    init_inputs = model_inputs(pipeline.example_batch(spec))
-    state = state_lib.create_train_state(model, tx, init_inputs, jax.random.PRNGKey(config.seed))
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info(
         "Model %s: %s parameters; %s over %d devices (%d processes), %s compute",

@@ -124,6 +124,7 @@ def _mesh(config, model, step_kwargs) -> Parallel:
             device_part(batch),
         )
 
+    # The new state keeps the input's shardings (None: as jit propagates them).
     train = jax.jit(
         functools.partial(train_step, **step_kwargs),
         out_shardings=(None, replicated),
@@ -136,11 +137,7 @@ def _mesh(config, model, step_kwargs) -> Parallel:
     def run_eval(state, batch):
         return jax.device_get(evaluate(state, batch))
 
-    def run_train(state, batch):
-        # Output state keeps the input's shardings (jit propagates them; None = as computed).
-        return train(state, batch)
-
-    return Parallel("mesh", put_state, lambda s: s, put_batch, run_train, run_eval, mesh)
+    return Parallel("mesh", put_state, lambda s: s, put_batch, train, run_eval, mesh)
 
 
 def _pmap(config, model, step_kwargs) -> Parallel:

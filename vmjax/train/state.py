@@ -61,3 +61,19 @@ def create_train_state(
         model_state=variables,
         rng=base_rng,
     )
+
+
+def init_run(config: ml_collections.ConfigDict):
+    """(model, optimizer, initial TrainState) of the run `config` describes, seeded by it.
+
+    The state's structure is what a checkpoint of that run holds, so it also serves as the
+    template to restore one into.
+    """
+    from vmjax.data import pipeline
+    from vmjax.models import build_model
+    from vmjax.train.step import model_inputs
+
+    model = build_model(config.model, config.data.num_classes)
+    tx = make_optimizer(config.optimizer, config.num_train_steps)
+    inputs = model_inputs(pipeline.example_batch(pipeline.BatchSpec.from_config(config.data)))
+    return model, tx, create_train_state(model, tx, inputs, jax.random.PRNGKey(config.seed))
