@@ -233,12 +233,14 @@ def test_no_positives_gives_zero():
 
 
 @pytest.mark.parametrize("ties", [False, True])
-@pytest.mark.parametrize("batch_size", [1, 7, 64, 500])
-def test_evaluator_streaming_equals_in_memory(ties, batch_size):
+@pytest.mark.parametrize(
+    "batch_size, label_dtype", [(1, np.float32), (7, np.uint8), (64, bool), (500, np.float64)]
+)
+def test_evaluator_streaming_equals_in_memory(ties, batch_size, label_dtype):
     rng = np.random.default_rng(batch_size)
     n, c, k = 233, 150, 5
     scores = _tied_scores(rng, n, c) if ties else _distinct_scores(rng, n, c)
-    labels = (rng.random((n, c)) < rng.uniform(0, 0.1, (n, 1))).astype(np.float32)
+    labels = (rng.random((n, c)) < rng.uniform(0, 0.1, (n, 1))).astype(label_dtype)
     evaluator = metrics.Evaluator(c, k)
     for start in range(0, n, batch_size):
         batch_scores = scores[start : start + batch_size]
@@ -247,7 +249,7 @@ def test_evaluator_streaming_equals_in_memory(ties, batch_size):
         pad = batch_size - len(batch_scores)
         weights = np.r_[np.ones(len(batch_scores)), np.zeros(pad)]
         batch_scores = np.concatenate([batch_scores, rng.random((pad, c), np.float32) + 5])
-        batch_labels = np.concatenate([batch_labels, np.ones((pad, c), np.float32)])
+        batch_labels = np.concatenate([batch_labels, np.ones((pad, c), label_dtype)])
         evaluator.update(batch_scores, batch_labels, weights)
     result = evaluator.result()
     assert result["num_videos"] == n
@@ -258,9 +260,7 @@ def test_evaluator_streaming_equals_in_memory(ties, batch_size):
     if not ties:
         assert result["gap"] == pytest.approx(ref_gap(scores, labels, k), abs=1e-12)
     # Memory: only the top k of each kept video is stored, not the full rows.
-    assert sum(a.size for a in evaluator._scores) == n * k
-    assert sum(a.size for a in evaluator._classes) == n * k
-    assert sum(a.size for a in evaluator._positive) == n * k
+    assert sum(a.size for a in evaluator._keys) == n * k
 
 
 def test_evaluator_reset():

@@ -13,11 +13,21 @@ equals the starter's value in expectation. Tie rules, all documented here:
 Scores must not be NaN.
 """
 
+import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 # Rows per internal chunk: bounds temporaries when a whole data set is passed
 # at once, and lets (row, score, class) fit in one 64-bit sort key.
 _CHUNK_ROWS = 4096
+
+
+@functools.cache
+def _thread_pool(threads: int) -> ThreadPoolExecutor:
+    """One shared pool per thread count (evaluators come and go, threads stay)."""
+    return ThreadPoolExecutor(threads, thread_name_prefix="vmjax-metrics")
 
 
 def _descending_bits(scores: np.ndarray) -> np.ndarray:
@@ -81,25 +91,24 @@ def _expected_hits(
     return per_row(hit & above) + (n - n_above) * per_row(hit & tied) / per_row(tied)
 
 
-def _expected_ap_sums(
-    scores: np.ndarray, positive: np.ndarray, segment: np.ndarray | None, num_segments: int
-) -> np.ndarray:
+def _rank_keys(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    """uint64 keys (descending score << 1 | negative): ascending order ranks by score
+    descending, positives first within a tie. Bits 33+ are free for a segment id."""
+    key = _descending_bits(scores).astype(np.uint64)
+    key <<= np.uint64(1)
+    key |= ~np.asarray(positive, bool)
+    return key
+
+
+def _expected_ap_sums(key: np.ndarray, num_segments: int) -> np.ndarray:
     """Per segment, E[sum_i precision@i * rel_i] over all orders of tied scores.
 
+    key: _rank_keys, with the segment id in bits 33+ (0 for one segment); sorted in place.
     A tie group at ranks a+1..a+n with t positives and c positives before it
     adds (t/n) * sum_j (c + 1 + j (t-1)/(n-1)) / (a + 1 + j), j = 0..n-1.
     """
     # One integer sort ranks everything: segment, then score descending, then
     # positives first, so each tie group starts with its positives.
-    positive = positive.astype(bool, copy=False)
-    key = _descending_bits(scores).astype(np.uint64)
-    key <<= np.uint64(1)
-    key |= ~positive
-    if segment is not None:
-        segment_bits = segment.astype(np.uint64)
-        segment_bits <<= np.uint64(33)
-        key |= segment_bits
-        del segment_bits
     key.sort()
     at = np.flatnonzero(~key.astype(np.uint8) & np.uint8(1))  # sorted positions of positives
     if at.size == 0:
@@ -116,31 +125,99 @@ def _expected_ap_sums(
     n = end - start
 
     seg = (group_key >> np.uint64(32)).astype(np.int64)
-    if segment is None:
-        seg_size, seg_pos = np.array([len(key)]), np.array([len(at)])
-    else:
-        seg_size = np.bincount(segment, minlength=num_segments)
-        seg_pos = np.bincount(segment[positive], minlength=num_segments)
-    a = start - (np.cumsum(seg_size) - seg_size)[seg]
+    # Sorted keys: each segment is one run, found by binary search.
+    bounds = np.searchsorted(key, np.arange(num_segments + 1, dtype=np.uint64) << np.uint64(33))
+    seg_first = bounds[:-1]
+    seg_pos = np.bincount(seg, weights=t, minlength=num_segments).astype(np.int64)
+    a = start - seg_first[seg]
     c = np.cumsum(t) - t - (np.cumsum(seg_pos) - seg_pos)[seg]
-    # D = sum_j 1/(a+1+j), E = sum_j j/(a+1+j); only tie groups need the sum.
-    inv_sum, j_inv_sum = 1.0 / (a + 1), np.zeros(len(a))
+    # D = sum_j 1/(a+1+j) (only tie groups need the sum) and E = sum_j j/(a+1+j) = n - (a+1) D.
+    inv_sum = 1.0 / (a + 1)
     tied = np.flatnonzero(n > 1)
     if tied.size:
         size = n[tied]
         offset = np.cumsum(size) - size
-        j = np.arange(size.sum()) - np.repeat(offset, size)
-        inv = 1.0 / (np.repeat(a[tied], size) + 1 + j)
-        inv_sum[tied] = np.add.reduceat(inv, offset)
-        j_inv_sum[tied] = np.add.reduceat(j * inv, offset)
+        rank = np.arange(1, size.sum() + 1, dtype=np.float64)  # a + 1 + j, built in place
+        rank += np.repeat(a[tied] - offset, size)
+        np.reciprocal(rank, out=rank)
+        inv_sum[tied] = np.add.reduceat(rank, offset)
+    j_inv_sum = n - (a + 1) * inv_sum
     contrib = t / n * ((c + 1) * inv_sum + (t - 1) / np.maximum(n - 1, 1) * j_inv_sum)
     return np.bincount(seg, weights=contrib, minlength=num_segments)
+
+
+def _without_segments(keys: list[np.ndarray]) -> np.ndarray:
+    """Rank keys with their segment bits cleared, concatenated into one fresh array."""
+    out = np.concatenate(keys)
+    out &= np.uint64((1 << 33) - 1)
+    return out
+
+
+def _with_segments(key: np.ndarray, segment: np.ndarray) -> np.ndarray:
+    """A copy of rank keys with segment ids in bits 33+."""
+    out = segment.astype(np.uint64)
+    out <<= np.uint64(33)
+    out |= key
+    return out
+
+
+def _chunk_stats(
+    scores: np.ndarray, labels: np.ndarray, k: int, threshold: np.float32 | None
+) -> dict:
+    """One chunk's share of every metric: top-k rank keys and classes, and sums."""
+    num_videos, num_classes = scores.shape
+    # Labels are sparse: find them once, then count per row and class from positions.
+    byte = labels.dtype.itemsize == 1 and labels.dtype.kind in "biu"
+    label_at = np.flatnonzero(labels.view(bool) if byte else labels != 0)  # bool: fastest
+    n = np.bincount(label_at // num_classes, minlength=num_videos)
+    out = {"class_positives": np.bincount(label_at % num_classes, minlength=num_classes)}
+
+    flat, start, count = _top_candidates(scores, k)
+    values = scores.reshape(-1)[flat]
+    positive = labels.reshape(-1)[flat] != 0
+    in_top_k = np.arange(len(flat)) - np.repeat(start, count) < k
+    # Rank keys with the class in bits 33+: sorted they rank within classes (mAP); masked,
+    # they rank the pooled pairs (GAP).
+    classes = flat[in_top_k] % num_classes
+    out["keys"] = _with_segments(_rank_keys(values[in_top_k], positive[in_top_k]), classes)
+    if threshold is not None:
+        out["predicted"] = int(np.count_nonzero(scores >= threshold))
+        out["true_positives"] = int(np.count_nonzero(scores.reshape(-1)[label_at] >= threshold))
+
+    ones = np.ones(num_videos, np.int64)
+    out["hit_sum"] = float(_expected_hits(values, positive, start, count, ones).sum())
+    # PERR: a video with no positives adds 0; one whose n-th score's tie
+    # group may reach past the candidates (n > count) gets its full row sorted.
+    n_fast = np.clip(n, 1, count)
+    hit = positive & (values > 0)
+    precision = _expected_hits(values, hit, start, count, n_fast) / n_fast
+    precision[n == 0] = 0.0
+    slow = np.flatnonzero(n > count)
+    if slow.size:
+        order = np.argsort(-scores[slow], axis=1)
+        row_values = np.take_along_axis(scores[slow], order, axis=1).reshape(-1)
+        row_hit = np.take_along_axis(labels[slow], order, axis=1).reshape(-1) != 0
+        full = np.full(len(slow), num_classes)
+        precision[slow] = (
+            _expected_hits(
+                row_values, row_hit & (row_values > 0), np.cumsum(full) - full, full, n[slow]
+            )
+            / n[slow]
+        )
+    out["perr_sum"] = float(precision.sum())
+    return out
 
 
 class Evaluator:
     """Streams GAP@k, mAP@k, Hit@1 and PERR; keeps only each video's top k."""
 
-    def __init__(self, num_classes: int, k: int = 20, threshold: float | None = None):
+    def __init__(
+        self,
+        num_classes: int,
+        k: int = 20,
+        threshold: float | None = None,
+        threads: int | None = None,
+    ):
         if not 1 <= num_classes <= 2**20 or k < 1:  # classes must fit the sort keys' bits
             raise ValueError(
                 f"Evaluator: need 1 <= num_classes <= 2**20 and k >= 1, got {num_classes}, {k}"
@@ -150,13 +227,15 @@ class Evaluator:
         # With a threshold, also precision / recall / F1 of scores >= it (two more passes over
         # every batch, so off by default).
         self.threshold = None if threshold is None else np.float32(threshold)
+        # Worker threads for update and result (default: the CPU's cores, at most 4).
+        self.threads = max(1, threads or min(4, os.cpu_count() or 1))
+        self._pool = _thread_pool(self.threads)
         self.reset()
 
     def reset(self) -> None:
         """Forget all videos seen so far."""
-        self._scores: list[np.ndarray] = []  # float32 [videos * k] per update
-        self._classes: list[np.ndarray] = []  # int32
-        self._positive: list[np.ndarray] = []  # bool
+        self._keys: list[np.ndarray] = []  # rank keys of each video's top k with its classes
+        self._class_sums: np.ndarray | None = None  # per-class AP sums, cached by result()
         self._class_positives = np.zeros(self.num_classes, np.int64)
         self._hit_sum = 0.0
         self._perr_sum = 0.0
@@ -167,7 +246,10 @@ class Evaluator:
     def update(
         self, scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None
     ) -> None:
-        """Adds a batch: scores float [B, C], labels {0,1} [B, C], weights 0/1 [B] (0 = padding)."""
+        """Adds a batch: scores float [B, C], labels {0,1} [B, C], weights 0/1 [B] (0 = padding).
+
+        Labels as bool or uint8 (the pipeline's) are cheapest: a byte view finds them.
+        """
         scores = np.ascontiguousarray(scores, np.float32)
         labels = np.ascontiguousarray(labels)
         if scores.ndim != 2 or scores.shape[1] != self.num_classes or labels.shape != scores.shape:
@@ -179,64 +261,42 @@ class Evaluator:
             keep = np.asarray(weights).reshape(-1) > 0
             if not keep.all():  # copies only on the padded last batch
                 scores, labels = scores[keep], labels[keep]
-        for begin in range(0, len(scores), _CHUNK_ROWS):
-            self._update_chunk(
-                scores[begin : begin + _CHUNK_ROWS], labels[begin : begin + _CHUNK_ROWS]
-            )
-
-    def _update_chunk(self, scores: np.ndarray, labels: np.ndarray) -> None:
-        """Adds at most _CHUNK_ROWS videos."""
-        flat, start, count = _top_candidates(scores, self.k)
-        values = scores.reshape(-1)[flat]
-        positive = labels.reshape(-1)[flat] != 0
-        in_top_k = np.arange(len(flat)) - np.repeat(start, count) < self.k
-        self._scores.append(values[in_top_k])
-        self._classes.append((flat[in_top_k] % self.num_classes).astype(np.int32))
-        self._positive.append(positive[in_top_k])
-        self._class_positives += labels.sum(axis=0).astype(np.int64)
+        self._class_sums = None
+        # Row blocks, one per thread (numpy releases the GIL in the heavy calls), each at
+        # most _CHUNK_ROWS so temporaries stay bounded.
+        rows = max(1, min(_CHUNK_ROWS, -(-len(scores) // self.threads)))
+        blocks = [slice(b, b + rows) for b in range(0, len(scores), rows)]
+        run = lambda block: _chunk_stats(scores[block], labels[block], self.k, self.threshold)  # noqa: E731
+        parts = list(self._pool.map(run, blocks)) if len(blocks) > 1 else map(run, blocks)
+        for part in parts:  # in row order: results never depend on the thread count
+            self._keys.append(part["keys"])
+            self._class_positives += part["class_positives"]
+            self._hit_sum += part["hit_sum"]
+            self._perr_sum += part["perr_sum"]
+            self._true_positives += part.get("true_positives", 0)
+            self._predicted += part.get("predicted", 0)
         self._num_videos += len(scores)
-        if self.threshold is not None:
-            above = scores >= self.threshold
-            self._predicted += int(np.count_nonzero(above))
-            self._true_positives += int(np.count_nonzero(above & (labels != 0)))
 
-        ones = np.ones(len(scores), np.int64)
-        self._hit_sum += float(_expected_hits(values, positive, start, count, ones).sum())
-        # PERR: a video with no positives adds 0; one whose n-th score's tie
-        # group may reach past the candidates (n > count) gets its full row sorted.
-        n = labels.sum(axis=1).astype(np.int64)
-        n_fast = np.clip(n, 1, count)
-        hit = positive & (values > 0)
-        precision = _expected_hits(values, hit, start, count, n_fast) / n_fast
-        precision[n == 0] = 0.0
-        slow = np.flatnonzero(n > count)
-        if slow.size:
-            order = np.argsort(-scores[slow], axis=1)
-            row_values = np.take_along_axis(scores[slow], order, axis=1).reshape(-1)
-            row_hit = np.take_along_axis(labels[slow], order, axis=1).reshape(-1) != 0
-            full = np.full(len(slow), self.num_classes)
-            precision[slow] = (
-                _expected_hits(
-                    row_values, row_hit & (row_values > 0), np.cumsum(full) - full, full, n[slow]
-                )
-                / n[slow]
-            )
-        self._perr_sum += float(precision.sum())
+    def _per_class_sums(self) -> np.ndarray:
+        """Per class, the expected AP numerator over the stored top-k pairs (cached)."""
+        if self._class_sums is None:
+            self._class_sums = _expected_ap_sums(np.concatenate(self._keys), self.num_classes)
+        return self._class_sums
 
     def result(self) -> dict[str, float]:
         """Metrics over every video added since the last reset."""
         if self._num_videos == 0:
             return {"gap": 0.0, "map": 0.0, "hit_at_1": 0.0, "perr": 0.0, "num_videos": 0}
-        scores = np.concatenate(self._scores)
-        classes = np.concatenate(self._classes)
-        positive = np.concatenate(self._positive)
         total = self._class_positives.sum()
-        gap_value = _expected_ap_sums(scores, positive, None, 1)[0] / total if total else 0.0
+        # The pooled (GAP) and per-class sorts are independent: run them side by side.
+        pooled = lambda: _expected_ap_sums(_without_segments(self._keys), 1)  # noqa: E731
+        gap_sums = self._pool.submit(pooled)
+        self._per_class_sums()
+        gap_sum = gap_sums.result()[0]
         has_pos = self._class_positives > 0
-        class_sums = _expected_ap_sums(scores, positive, classes, self.num_classes)
-        aps = class_sums[has_pos] / self._class_positives[has_pos]
+        aps = self._per_class_sums()[has_pos] / self._class_positives[has_pos]
         out = {
-            "gap": float(gap_value),
+            "gap": float(gap_sum / total) if total else 0.0,
             "map": float(aps.mean()) if aps.size else 0.0,
             "hit_at_1": self._hit_sum / self._num_videos,
             "perr": self._perr_sum / self._num_videos,
@@ -256,14 +316,8 @@ class Evaluator:
         """
         ap = np.full(self.num_classes, np.nan)
         if self._num_videos:
-            sums = _expected_ap_sums(
-                np.concatenate(self._scores),
-                np.concatenate(self._positive),
-                np.concatenate(self._classes),
-                self.num_classes,
-            )
             has_pos = self._class_positives > 0
-            ap[has_pos] = sums[has_pos] / self._class_positives[has_pos]
+            ap[has_pos] = self._per_class_sums()[has_pos] / self._class_positives[has_pos]
         return ap, self._class_positives.copy()
 
 
@@ -320,6 +374,7 @@ def segment_map(
     rank = np.arange(len(order)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
     keep = order[rank < k]
     positives = np.bincount(classes[positive], minlength=num_classes)
-    sums = _expected_ap_sums(scores[keep], positive[keep], classes[keep], num_classes)
+    key = _with_segments(_rank_keys(scores[keep], positive[keep]), classes[keep])
+    sums = _expected_ap_sums(key, num_classes)
     rated = positives > 0
     return float(np.mean(sums[rated] / positives[rated])) if rated.any() else 0.0
