@@ -66,6 +66,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.cycle_length = 8  # files read concurrently (interleaved)
     c.data.prefetch = 2  # batches prepared ahead (in a thread, or per worker process)
     c.data.workers = 0  # reader processes (grain mp_prefetch); 0 reads in this process
+    c.data.segment_classes = ""  # --segments predict: CSV with an Index column; '' = 2019 vocab
+    c.data.segment_pad_past_end = False  # --segments: zero-pad segments past the last frame
     c.data.on_error = "raise"  # bad records: 'raise' (name file, record, field) or 'skip' them
     c.data.cache_dir = "~/.cache/vmjax"  # where the embedded dataset is generated once
     c.data.synthetic = (

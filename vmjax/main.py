@@ -38,6 +38,13 @@ flags.DEFINE_enum(
     "(--step, default the latest) on the eval data, with per-class AP, into WORKDIR/eval/. "
     "predict: the Kaggle CSV (VideoId,LabelConfidencePairs) for the eval data.",
 )
+flags.DEFINE_bool(
+    "segments",
+    False,
+    "eval/predict on the 2019 segment task (frame-level data with segment fields): eval writes "
+    "MAP@100,000 over rated segments to WORKDIR/eval/segments_step_<N>.json, predict the Kaggle "
+    "Class,Segments CSV over the segment vocabulary (config.data.segment_classes).",
+)
 flags.DEFINE_integer("step", None, "eval/predict: the checkpoint step (default: the latest).")
 flags.DEFINE_string("output", None, "predict: CSV path (default WORKDIR/predictions_step_<N>.csv).")
 flags.DEFINE_bool(
@@ -92,6 +99,20 @@ def main(argv):
         )
     from vmjax.train import loop  # after flag parsing: importing JAX code is slow
 
+    if FLAGS.segments and FLAGS.mode == "train":
+        raise app.UsageError("--segments goes with --mode eval or --mode predict")
+    if FLAGS.segments:
+        from vmjax.train import segment_inference
+
+        if FLAGS.mode == "eval":
+            result = segment_inference.evaluate_segments(FLAGS.config, FLAGS.workdir, FLAGS.step)
+            print("Segment evaluation: " + ", ".join(f"{k} {v}" for k, v in result.items()))
+        else:
+            path = segment_inference.predict_segments(
+                FLAGS.config, FLAGS.workdir, FLAGS.step, FLAGS.output
+            )
+            print(f"Segment predictions: {path}")
+        return
     if FLAGS.mode != "train":
         from vmjax.train import inference
 

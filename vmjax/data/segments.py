@@ -14,6 +14,8 @@ segment, unless `pad_past_end` is set: then its missing frames are zero and mask
 
 from __future__ import annotations
 
+import csv
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +23,8 @@ import numpy as np
 
 from vmjax.data import yt8m
 
+SEGMENT_FRAMES = 5  # frames (seconds) per rated segment of the 2019 data
+_ASSETS = os.path.join(os.path.dirname(__file__), "assets")
 _FIELDS = ("segment_start_times", "segment_end_times", "segment_labels", "segment_scores")
 
 
@@ -70,7 +74,7 @@ def segment_examples(
     example: dict[str, Any],
     *,
     num_classes: int,
-    segment_frames: int = 5,
+    segment_frames: int = SEGMENT_FRAMES,
     pad_past_end: bool = False,
 ) -> list[dict[str, Any]]:
     """One example per rated segment of a decoded frame-level record, by ascending start time.
@@ -133,9 +137,9 @@ def collate_segments(
     """Stacks segment examples into a batch padded to `batch_size` rows (weights 0 on padding).
 
     Keys and dtypes follow `pipeline.make_collate` for frame-level videos (rgb, audio, mask,
-    num_frames, labels, weights, text_tokens, text_mask) plus `label_weights` float32
-    [batch, num_classes], 0 on unrated classes and on padding rows. Ids and start times stay with
-    the caller (`[(ex['id'], ex['segment_start']) for ex in examples]`): a batch holds arrays only.
+    num_frames, labels, weights, text_tokens, text_mask, and the host-only `ids`) plus
+    `segment_starts` int32 [batch] and `label_weights` float32 [batch, num_classes], 0 on
+    unrated classes and on padding rows.
 
     Args:
       max_text_tokens: text_tokens kept and padded to (config.data.max_text_tokens); 0 leaves
@@ -189,3 +193,23 @@ def collate_segments(
             out[row] = yt8m.dequantize(x) if is_float and x.dtype == np.uint8 else x
         batch[key] = out
     return batch
+
+
+def segment_classes(num_classes: int, path: str = "") -> np.ndarray:
+    """Sorted class indices of the segment task: the `Index` column of a CSV at `path`.
+
+    With no path: the 2019 segment vocabulary's 1000 classes (shipped in vmjax/data/assets) for
+    the 2018 vocabulary's 3862 classes, else every class (e.g. the embedded data's).
+    """
+    if not path:
+        if num_classes != 3862:
+            return np.arange(num_classes)
+        path = os.path.join(_ASSETS, "yt8m_segment_vocabulary.csv")
+    with open(os.path.expanduser(path), newline="") as f:
+        reader = csv.DictReader(f)
+        if "Index" not in (reader.fieldnames or []):
+            raise ValueError(f"{path}: no 'Index' column (header {reader.fieldnames})")
+        classes = np.array(sorted({int(row["Index"]) for row in reader}), np.int64)
+    if classes.size == 0 or classes[0] < 0 or classes[-1] >= num_classes:
+        raise ValueError(f"{path}: segment classes must be in [0, {num_classes}), got {classes}")
+    return classes

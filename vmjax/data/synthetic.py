@@ -37,13 +37,13 @@ import numpy as np
 
 from vmjax import metrics
 from vmjax.data import tfrecord, yt8m
+from vmjax.data.segments import SEGMENT_FRAMES
 
 KINDS = ("visual", "audio", "cross_modal", "temporal", "text")
 # Kinds are dealt by frequency rank in blocks of 20 so that every kind gets a
 # fair share of label occurrences, not just of classes.
 _KIND_BLOCK = (0,) * 8 + (1,) * 4 + (2,) * 4 + (3,) * 2 + (4,) * 2
 SPLITS = ("train", "validate")
-SEGMENT_FRAMES = 5
 LEVELS = ("frame", "video")
 
 

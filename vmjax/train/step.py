@@ -33,12 +33,20 @@ def model_inputs(batch: dict, dtype=jnp.float32) -> dict:
 
 
 def weighted_loss(
-    logits: jax.Array, labels: jax.Array, weights: jax.Array
+    logits: jax.Array,
+    labels: jax.Array,
+    weights: jax.Array,
+    label_weights: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """Sum over classes of binary cross-entropy, summed over weighted videos; and the weight sum."""
+    """Sum over classes of binary cross-entropy, summed over weighted videos; and the weight sum.
+
+    label_weights [batch, classes] weighs each class's term (segments: 1 on rated classes only).
+    """
     logits = logits.astype(jnp.float32)
-    per_video = optax.sigmoid_binary_cross_entropy(logits, labels.astype(jnp.float32)).sum(-1)
-    return (per_video * weights).sum(), weights.sum()
+    per_class = optax.sigmoid_binary_cross_entropy(logits, labels.astype(jnp.float32))
+    if label_weights is not None:
+        per_class = per_class * label_weights
+    return (per_class.sum(-1) * weights).sum(), weights.sum()
 
 
 def cast_floats(tree, dtype):
@@ -158,7 +166,9 @@ def eval_step(state: TrainState, batch: dict, *, model, dtype: str = "float32") 
     compute_dtype = DTYPES[dtype]
     variables = {"params": cast_floats(state.params, compute_dtype), **state.model_state}
     logits = model.apply(variables, model_inputs(batch, compute_dtype), train=False)
-    total, count = weighted_loss(logits, batch["labels"], batch["weights"])
+    total, count = weighted_loss(
+        logits, batch["labels"], batch["weights"], batch.get("label_weights")
+    )
     return {
         "scores": jax.nn.sigmoid(logits.astype(jnp.float32)),
         "loss_sum": total,
