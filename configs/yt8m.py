@@ -111,6 +111,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.fusion_layer = 1  # multimodal bottleneck: first layer exchanging via bottlenecks
     c.model.num_bottlenecks = 4  # multimodal bottleneck: shared bottleneck tokens
 
+    # Train-time augmentation inside the jitted step (vmjax.data.augment); 0 / False = off.
+    c.augment = ml_collections.ConfigDict()
+    c.augment.temporal_crop = 0  # frames: keep a random window of this many valid frames
+    c.augment.temporal_jitter = 0  # frames: drop up to this many leading valid frames
+    c.augment.frame_dropout = 0.0  # frames: mask out this fraction of valid frames (never all)
+    c.augment.feature_noise = 0.0  # rgb/audio: stddev of Gaussian noise on valid frames
+    c.augment.mixup_alpha = 0.0  # mix pairs of videos (and labels) by Beta(alpha, alpha)
+    c.augment.flip = False  # pixels: flip each video left-right with probability 1/2
+    c.augment.crop_scale = 0.0  # pixels: smallest random crop area / frame area, resized back
+    c.augment.crop_ratio = (3 / 4, 4 / 3)  # pixels: range of crop aspect ratios (w / h)
+    c.augment.brightness = 0.0  # pixels: scale by a factor in [1 - b, 1 + b] per video
+    c.augment.contrast = 0.0  # pixels: blend with the video's mean gray by [1 - c, 1 + c]
+
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.learning_rate = 0.01  # peak Adam learning rate
     c.optimizer.warmup_steps = 100  # linear warmup from 0

@@ -150,3 +150,41 @@ def test_nonfinite_updates_are_flagged_and_skipped_on_request():
     assert all(jax.tree.leaves(same))
     good, m = train_step(state, _batch(np.random.default_rng(5), 8), model=model, tx=tx)
     assert bool(m["finite"])
+
+
+def test_train_step_augments_the_batch_with_its_own_key_stream():
+    """With augment on, the step equals a plain step on augment_batch(augment_key(...)) output."""
+    from vmjax.data import augment
+    from vmjax.train.step import augment_key
+
+    cfg = augment.default_config()
+    cfg.feature_noise = 0.5
+    cfg.mixup_alpha = 0.4
+    model, tx, state = _setup("logistic")
+    batch = _batch(np.random.default_rng(2), 8)
+    got, got_metrics = train_step(state, batch, model=model, tx=tx, augment=cfg)
+    key = augment_key(jax.random.fold_in(state.rng, state.step))
+    augmented = augment.augment_batch(key, {k: jnp.asarray(v) for k, v in batch.items()}, cfg)
+    assert not np.allclose(augmented["rgb"], batch["rgb"])  # it really changed the inputs
+    want, want_metrics = train_step(state, augmented, model=model, tx=tx)
+    np.testing.assert_allclose(float(got_metrics["loss"]), float(want_metrics["loss"]), rtol=1e-6)
+    for x, y in zip(jax.tree.leaves(got.params), jax.tree.leaves(want.params), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+    # All off: the same update as no augmentation at all.
+    off, _ = train_step(state, batch, model=model, tx=tx, augment=augment.default_config())
+    plain, _ = train_step(state, batch, model=model, tx=tx)
+    for x, y in zip(jax.tree.leaves(off.params), jax.tree.leaves(plain.params), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_the_flagship_config_lists_every_augment_field_with_its_default():
+    import importlib.util
+    import pathlib
+
+    from vmjax.data import augment
+
+    path = pathlib.Path(__file__).resolve().parents[2] / "configs" / "yt8m.py"
+    spec = importlib.util.spec_from_file_location("yt8m_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.get_config("").augment.to_dict() == augment.default_config().to_dict()

@@ -95,6 +95,7 @@ def create(config: ml_collections.ConfigDict, model, tx) -> Parallel:
         dtype=config.dtype,
         grad_accum=config.grad_accum,
         skip_nonfinite=config.on_nonfinite_loss == "skip",
+        augment=config.augment if "augment" in config else None,
     )
     if config.parallelism == "mesh":
         return _mesh(config, model, step_kwargs)

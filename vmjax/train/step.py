@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
 from vmjax.data import yt8m
+from vmjax.data.augment import augment_batch
 from vmjax.train.state import TrainState
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+_AUGMENT_STREAM = 0x617567  # "aug"
 
 
 def model_inputs(batch: dict, dtype=jnp.float32) -> dict:
@@ -73,6 +76,11 @@ def _all_finite(tree) -> jax.Array:
     return jnp.stack(leaves).all() if leaves else jnp.array(True)
 
 
+def augment_key(step_rng: jax.Array) -> jax.Array:
+    """The augmentation stream of a step's key (apart from dropout's, which uses it as is)."""
+    return jax.random.fold_in(step_rng, _AUGMENT_STREAM)
+
+
 def train_step(
     state: TrainState,
     batch: dict,
@@ -83,6 +91,7 @@ def train_step(
     grad_accum: int = 1,
     axis_name: str | None = None,
     skip_nonfinite: bool = False,
+    augment: ml_collections.ConfigDict | None = None,
 ) -> tuple[TrainState, dict]:
     """One optimizer step on the mean per-video loss of the (global) batch.
 
@@ -94,13 +103,18 @@ def train_step(
     skip_nonfinite: where the loss, a gradient or an updated parameter is NaN/Inf, keep the old
       parameters and optimizer state (the step counter still advances); metrics['finite']
       says which steps were bad.
-    Dropout draws from `fold_in(state.rng, step)` (and the device index under pmap).
+    augment: the config's `augment` block (vmjax.data.augment): the batch is augmented here, on
+      the device, before the forward pass.
+    Dropout draws from `fold_in(state.rng, step)` (and the device index under pmap), augmentation
+    from `augment_key` of the same.
     """
     compute_dtype = DTYPES[dtype]
     mutable = list(state.model_state)
     rng = jax.random.fold_in(state.rng, state.step)
     if axis_name is not None:
         rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+    if augment is not None:
+        batch = augment_batch(augment_key(rng), batch, augment)
 
     def loss_fn(params, model_state, micro, rng):
         logits, new_model_state = model.apply(
