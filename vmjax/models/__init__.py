@@ -1,4 +1,4 @@
-"""Models: the name -> class table and `build_model`."""
+"""Models: the name -> class tables and `build_model`."""
 
 import dataclasses
 
@@ -6,6 +6,7 @@ import flax.linen as nn
 import ml_collections
 
 from vmjax.models.classifiers import (
+    CnnLstm,
     DBoFModel,
     FrameLogistic,
     FrameMoE,
@@ -32,18 +33,24 @@ MODELS: dict[str, type[nn.Module]] = {
 }
 # The input each model reads: video-level means or frame-level sequences (config.data.level).
 LEVEL = {name: "video" if name in ("logistic", "moe") else "frame" for name in MODELS}
+# Models on raw pixels `inputs["pixels"]: [batch, time, H, W, 3]`. Kept apart from MODELS, whose
+# members all read YT8M features (the zoo tests and yt8m.py presets build each one on them).
+PIXEL_MODELS: dict[str, type[nn.Module]] = {
+    "cnn_lstm": CnnLstm,
+}
 
 # Dataclass fields every Linen module has that are not model hyper-parameters.
 _NOT_HPARAMS = ("parent", "name", "num_classes")
 
 
 def build_model(model_config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
-    """Builds `MODELS[model_config.name]` with the config fields that model declares."""
-    if model_config.name not in MODELS:
+    """Builds the model `model_config.name` (MODELS or PIXEL_MODELS) with the fields it declares."""
+    models = MODELS | PIXEL_MODELS
+    if model_config.name not in models:
         raise ValueError(
-            f"model_config.name={model_config.name!r} is unknown; expected one of {sorted(MODELS)}"
+            f"model_config.name={model_config.name!r} is unknown; expected one of {sorted(models)}"
         )
-    cls = MODELS[model_config.name]
+    cls = models[model_config.name]
     wanted = [f.name for f in dataclasses.fields(cls) if f.name not in _NOT_HPARAMS]
     missing = [k for k in wanted if k not in model_config]
     if missing:

@@ -4,10 +4,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vmjax.models.cnn import FrameResNet
 from vmjax.models.encoders import AudioEncoder, RecurrentEncoder, TextEncoder, frame_tokens
 from vmjax.models.fusion import BottleneckFusion, ConcatFusion, GatedFusion, LateFusion
 from vmjax.models.heads import ContextGating, LogisticHead, MoEHead
 from vmjax.models.pooling import DBoF, NetVLAD, NeXtVLAD, masked_mean
+from vmjax.models.rnn import RNN
 from vmjax.models.vivit import ViViTEncoder
 
 
@@ -159,6 +161,40 @@ class ViViTModel(nn.Module):
     def __call__(self, inputs: dict[str, jax.Array], *, train: bool) -> jax.Array:
         embedding = _vivit(self.vivit, "vivit")(*_frames(inputs), train=train)
         return MoEHead(self.num_classes, self.num_mixtures, name="head")(embedding)
+
+
+class CnnLstm(nn.Module):
+    """CNN + LSTM on raw pixels: a ResNet per frame, a masked LSTM over time, then MoE.
+
+    Reads `inputs["pixels"]: [batch, time, H, W, 3]` (uint8 in [0, 255] or float in [0, 1]) and
+    `inputs["mask"]: [batch, time]` (all frames valid if absent). The video embedding is the
+    LSTM's state after the last valid frame (zeros for a video without one), as in LSTMModel.
+    `cnn` holds the `FrameResNet` fields (stage_sizes, width, norm, num_groups, pixel_mean,
+    pixel_std), from the `model.cnn` sub-config.
+    """
+
+    num_classes: int
+    num_mixtures: int
+    hidden_size: int  # LSTM width
+    num_layers: int  # stacked LSTM layers
+    cnn: dict
+
+    @nn.compact
+    def __call__(self, inputs: dict[str, jax.Array], *, train: bool) -> jax.Array:
+        if "pixels" not in inputs:
+            raise ValueError(
+                f"cnn_lstm reads inputs['pixels'] [batch, time, H, W, 3]; got keys "
+                f"{sorted(inputs)} (frame features cannot feed a CNN)"
+            )
+        pixels = inputs["pixels"]
+        mask = inputs.get("mask")
+        if mask is None:
+            mask = jnp.ones(pixels.shape[:2], bool)
+        frames = FrameResNet(**self.cnn, name="cnn")(pixels, mask, train=train)
+        _, final = RNN(
+            self.hidden_size, "lstm", self.num_layers, return_sequences=False, name="lstm"
+        )(frames, mask)
+        return MoEHead(self.num_classes, self.num_mixtures, name="head")(final)
 
 
 MODALITIES = ("rgb", "audio", "text")
