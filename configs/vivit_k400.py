@@ -1,12 +1,20 @@
 """ViViT-B on Kinetics-400 pixels (Arnab et al. 2021): the paper's base setup.
 
-  python -m vmjax.main --config configs/vivit_k400.py --workdir DIR
-  python -m vmjax.main --config configs/vivit_k400.py:fe --workdir DIR    # factorised encoder
+  python -m vmjax.main --config configs/vivit_k400.py --workdir DIR \\
+      --config.data.train_pattern=k400/annotations/train.csv \\
+      --config.data.eval_pattern=k400/annotations/val.csv --config.data.video_root=k400
+  python -m vmjax.main --config configs/vivit_k400.py:fe ...    # factorised encoder
+
+Clips are read with vmjax.data.video_files.read_kinetics_csv: video_root/train/ holds the clips
+of train.csv and video_root/val/ those of val.csv (the layout of the common downloaders; clips
+straight in video_root also work), as <label>/<youtube_id>_<start>_<end>.mp4 or without the
+label folder. Clips missing from disk are counted in one warning.
 
 The paper's ViViT-B model comparison on K400 (Table 4) ranks spatio_temporal (Model 1) first
 (80.0 top-1, vs 78.8 for the factorised encoder, 77.4 and 76.3 for Models 3 and 4), so it is
 the default; the factorised encoder (Model 2) is the cheaper one the paper scales up for its
-state-of-the-art tables. Training on pixels lands in a later issue; this file fixes the shapes.
+state-of-the-art tables. Training runs through the normal trainer (vmjax.train.loop) with
+data.format='video_files'; configs/vivit_pixels.py has the same model at CPU sizes.
 """
 
 import ml_collections
@@ -30,24 +38,42 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3  # how many checkpoints orbax keeps
     c.log_every = 100  # train loss to the progress bar and TensorBoard every N steps
 
+    c.parallelism = "mesh"  # 'mesh': jit over a device Mesh (default); 'pmap': replicated state
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.fsdp = 1  # mesh: shard parameters and optimizer state over this many devices
+    c.dtype = "float32"  # or bfloat16 (parameters stay float32): half the activation memory
+    c.grad_accum = 1  # split each batch into this many micro-batches (sums their gradients)
+    c.on_nonfinite_loss = "stop"  # NaN/Inf loss: 'stop' (name the step) or 'skip' the update
+    c.log_batches = False  # write a hash of every train batch to workdir/batches.jsonl
+
     c.data = ml_collections.ConfigDict()
-    c.data.input = "pixels"  # 'pixels' (decoded RGB clips) or 'frames' (YT8M frame features)
-    c.data.train_pattern = ""  # glob(s), comma-separated, of K400 training clips
-    c.data.eval_pattern = ""  # glob(s) of the validation clips
-    c.data.num_classes = 400  # Kinetics-400 labels
+    c.data.format = "video_files"  # raw videos listed in CSVs (vmjax.data.video_files)
+    c.data.train_pattern = ""  # Kinetics train annotation CSV (label,youtube_id,time_start,...)
+    c.data.eval_pattern = ""  # Kinetics validation annotation CSV
+    c.data.csv_layout = "kinetics"  # 'kinetics' annotations, or 'labels' (path,labels rows)
+    c.data.video_root = ""  # folder of the clips, or of one folder per CSV name (train/, val/)
+    c.data.vocabulary = ""  # labels layout only: CSV of Index,Name; '' = integer labels
+    c.data.num_classes = 400  # Kinetics-400 labels (the train CSV's sorted label names)
     c.data.num_frames = 32  # frames per clip (sampled with frame_stride from the video)
+    c.data.image_size = 224  # square crop side (scaled so the short side covers it, cropped)
+    c.data.sampling = "stride"  # uniform | stride (every frame_stride-th frame) | fps
     c.data.frame_stride = 2  # temporal stride between sampled frames
-    c.data.image_size = 224  # square crop side, in pixels
-    c.data.min_resize = 256  # shorter side is resized to this before cropping
+    c.data.fps = 1.0  # sampling='fps': frames per second sampled
+    c.data.seed = c.get_ref("seed")  # data order and random crops
+    c.data.prefetch = 2  # batches decoded ahead (by read_threads threads, or per worker)
+    c.data.read_threads = 4  # threads decoding videos in this process
+    c.data.workers = 8  # decoding processes for training (grain mp_prefetch)
+    c.data.on_error = "skip"  # K400 downloads hold some broken clips: skip (and count) them
+    c.data.cache_dir = "~/.cache/vmjax"  # unused unless the patterns are '' (synthetic videos)
+    c.data.synthetic_video = ml_collections.ConfigDict()  # unused here (vivit_pixels.py)
 
     c.model = ml_collections.ConfigDict()
-    c.model.name = "vivit"  # vmjax.models.vivit.ViViTEncoder
+    c.model.name = "vivit_pixels"  # vmjax.models.classifiers.ViViTPixels
     # 'spatio_temporal' | 'factorised_encoder' | 'factorised_self_attention' |
     # 'factorised_dot_product' (Models 1-4 of the paper)
     c.model.variant = "spatio_temporal"
     c.model.pooling = "cls"  # 'cls' | 'mean'; the last two variants have no CLS: use 'mean'
     c.model.patch_size = (2, 16, 16)  # tubelet (time, height, width): ViViT-B/16x2
-    c.model.tokens_per_frame = 1  # spatial tokens per YT8M frame (data.input='frames' only)
     c.model.posemb_init = "normal"  # learned positions from N(0, 0.02), as in ViT and the paper
     c.model.hidden_size = 768  # token width D (ViT-Base)
     c.model.num_layers = 12  # encoder blocks; the spatial encoder's for factorised_encoder
@@ -56,6 +82,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.mlp_dim = 3072  # hidden width of each block's MLP
     c.model.dropout = 0.0  # dropout on embeddings, attention output and MLP
     c.model.attention_dropout = 0.0  # dropout on the attention weights
+    c.model.pixel_mean = (0.5, 0.5, 0.5)  # per-channel mean of [0, 1] pixels (ViT's [-1, 1])
+    c.model.pixel_std = (0.5, 0.5, 0.5)  # per-channel std
+
+    # Train-time augmentation inside the jitted step (vmjax.data.augment); 0 / False = off.
+    c.augment = ml_collections.ConfigDict()
+    c.augment.temporal_crop = 0  # frames: keep a random window of this many valid frames
+    c.augment.temporal_jitter = 0  # frames: drop up to this many leading valid frames
+    c.augment.frame_dropout = 0.0  # frames: mask out this fraction of valid frames (never all)
+    c.augment.feature_noise = 0.0  # rgb/audio only: no effect on pixels
+    c.augment.mixup_alpha = 0.0  # mix pairs of videos (and labels) by Beta(alpha, alpha)
+    c.augment.flip = True  # pixels: flip each video left-right with probability 1/2
+    c.augment.crop_scale = 0.0  # pixels: smallest random crop area / frame area, resized back
+    c.augment.crop_ratio = (3 / 4, 4 / 3)  # pixels: range of crop aspect ratios (w / h)
+    c.augment.brightness = 0.0  # pixels: scale by a factor in [1 - b, 1 + b] per video
+    c.augment.contrast = 0.0  # pixels: blend with the video's mean gray by [1 - c, 1 + c]
 
     c.optimizer = ml_collections.ConfigDict()
     # The paper trains with SGD + momentum from ImageNet-21k ViT weights (peak rate 0.05);

@@ -1,6 +1,5 @@
 """ViViT: embeddings against numpy, the four variants' shapes, masking and factorisation."""
 
-import dataclasses
 import functools
 import importlib.util
 import pathlib
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 
 from tests.models.random_params import random_params
+from vmjax.models import build_model
 from vmjax.models.vivit import (
     VARIANTS,
     FactorisedDotProductBlock,
@@ -287,24 +287,24 @@ def _load_config(arg: str | None = None):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_k400_config_builds_every_variant(variant):
     config = _load_config()
-    assert config.model.name == "vivit" and config.data.input == "pixels"
+    assert config.model.name == "vivit_pixels" and config.data.format == "video_files"
     config.model.variant = variant
     config.model.pooling = _pooling(variant)
-    # Every hyper-parameter of ViViTEncoder comes from the config, as build_model will do.
-    fields = [f.name for f in dataclasses.fields(ViViTEncoder) if f.name not in ("parent", "name")]
-    model = ViViTEncoder(**{k: config.model[k] for k in fields})
+    # Every hyper-parameter comes from the config, as the trainer builds it.
+    model = build_model(config.model, config.data.num_classes)
     d = config.data
-    video = jax.ShapeDtypeStruct((1, d.num_frames, d.image_size, d.image_size, 3), jnp.float32)
+    pixels = jax.ShapeDtypeStruct((1, d.num_frames, d.image_size, d.image_size, 3), jnp.uint8)
     # Shapes only: nothing of ViViT-B's ~100M parameters is materialised.
     out, variables = jax.eval_shape(
-        lambda v: model.init_with_output(jax.random.key(0), v, train=False), video
+        lambda v: model.init_with_output(jax.random.key(0), {"pixels": v}, train=False), pixels
     )
-    assert out.shape == (1, config.model.hidden_size)
+    assert out.shape == (1, 400)
     pt, ph, pw = config.model.patch_size
     nt, ns = d.num_frames // pt, (d.image_size // ph) * (d.image_size // pw)
     assert (nt, ns) == (16, 196)
-    assert variables["params"]["vivit"]["pos_embedding_time"].shape == (1, nt, 1, 768)
-    assert variables["params"]["vivit"]["pos_embedding_space"].shape == (1, 1, ns, 768)
+    vivit = variables["params"]["vivit"]["vivit"]
+    assert vivit["pos_embedding_time"].shape == (1, nt, 1, 768)
+    assert vivit["pos_embedding_space"].shape == (1, 1, ns, 768)
 
 
 def test_k400_config_presets():

@@ -270,6 +270,26 @@ def example_batch(spec: BatchSpec, batch_size: int = 1) -> dict:
     return make_collate(spec, batch_size)([example])
 
 
+def config_example_batch(data: ml_collections.ConfigDict, batch_size: int = 1) -> dict:
+    """A zero batch (all weights 0) shaped like what `data` (config.data) feeds the model.
+
+    For YT8M features (data.format 'tfrecord' / 'array_record') `example_batch`; for raw
+    videos (data.format 'video_files') `video_files.empty_batch` of decoded clips.
+    """
+    if data.format == "video_files":
+        from vmjax.data import video_files  # decodes with PyAV: only import it when needed
+
+        return video_files.empty_batch(
+            batch_size=batch_size,
+            num_classes=data.num_classes,
+            num_frames=data.num_frames,
+            size=data.image_size,
+        )
+    batch = example_batch(BatchSpec.from_config(data), batch_size)
+    batch["weights"][:] = 0
+    return batch
+
+
 def train_dataset(
     files: Sequence[str],
     spec: BatchSpec,

@@ -194,6 +194,34 @@ def generate(
     return rows
 
 
+def ensure(cache_dir: str | os.PathLike[str], log=print, **spec: Any) -> str:
+    """The directory of the videos `generate(**spec)` writes, under `cache_dir`, made once.
+
+    The name holds a hash of `spec`, so other settings get another directory. Videos are
+    written into a temporary sibling and renamed into place when complete, so an interrupted
+    run never leaves a partial dataset that a later one would take as done.
+    """
+    import hashlib
+    import json
+    import shutil
+
+    digest = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
+    out = os.path.join(os.path.expanduser(os.fspath(cache_dir)), f"synthetic-video-{digest}")
+    if os.path.exists(os.path.join(out, "classes.csv")):
+        return out
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    tmp = f"{out}.tmp-{os.getpid()}"
+    log(f"Generating {spec.get('num_videos', 64)} synthetic videos into {out} (once)")
+    generate(tmp, **spec)
+    try:
+        os.rename(tmp, out)
+    except OSError:  # another process finished it first
+        if not os.path.exists(os.path.join(out, "classes.csv")):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 def _write_labels(path: str, rows: list[dict[str, Any]]) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)

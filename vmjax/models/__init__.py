@@ -17,6 +17,7 @@ from vmjax.models.classifiers import (
     VideoLogistic,
     VideoMoE,
     ViViTModel,
+    ViViTPixels,
 )
 
 MODELS: dict[str, type[nn.Module]] = {
@@ -37,6 +38,7 @@ LEVEL = {name: "video" if name in ("logistic", "moe") else "frame" for name in M
 # members all read YT8M features (the zoo tests and yt8m.py presets build each one on them).
 PIXEL_MODELS: dict[str, type[nn.Module]] = {
     "cnn_lstm": CnnLstm,
+    "vivit_pixels": ViViTPixels,
 }
 
 # Dataclass fields every Linen module has that are not model hyper-parameters.

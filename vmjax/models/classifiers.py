@@ -4,13 +4,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vmjax.models.cnn import FrameResNet
+from vmjax.models.cnn import FrameResNet, normalize_pixels
 from vmjax.models.encoders import AudioEncoder, RecurrentEncoder, TextEncoder, frame_tokens
 from vmjax.models.fusion import BottleneckFusion, ConcatFusion, GatedFusion, LateFusion
 from vmjax.models.heads import ContextGating, LogisticHead, MoEHead
 from vmjax.models.pooling import DBoF, NetVLAD, NeXtVLAD, masked_mean
 from vmjax.models.rnn import RNN
-from vmjax.models.vivit import ViViTEncoder
+from vmjax.models.vivit import ViViT, ViViTEncoder
 
 
 def _concat_features(inputs: dict[str, jax.Array]) -> jax.Array:
@@ -195,6 +195,49 @@ class CnnLstm(nn.Module):
             self.hidden_size, "lstm", self.num_layers, return_sequences=False, name="lstm"
         )(frames, mask)
         return MoEHead(self.num_classes, self.num_mixtures, name="head")(final)
+
+
+# ViViT's hyper-parameters, which ViViTPixels declares too and hands on.
+_VIVIT_FIELDS = tuple(f for f in ViViT.__dataclass_fields__ if f not in ("parent", "name"))
+
+
+class ViViTPixels(nn.Module):
+    """ViViT on raw pixels (Arnab et al. 2021): tubelet embedding, encoder, linear head.
+
+    Reads `inputs["pixels"]: [batch, time, H, W, 3]` (uint8 in [0, 255] or float in [0, 1]),
+    normalised by `pixel_mean` / `pixel_std`, and `inputs["mask"]: [batch, time]` (all frames
+    valid if absent). The fields are `ViViTEncoder`'s (flat, as configs/vivit_k400.py sets
+    them); `time` must be a multiple of `patch_size[0]` and H, W of the other two.
+    """
+
+    num_classes: int
+    variant: str
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    mlp_dim: int
+    num_temporal_layers: int
+    pooling: str
+    dropout: float
+    attention_dropout: float
+    posemb_init: str
+    patch_size: tuple[int, int, int]  # tubelet (pt, ph, pw)
+    pixel_mean: tuple[float, ...]  # per channel, of [0, 1] pixels
+    pixel_std: tuple[float, ...]
+
+    @nn.compact
+    def __call__(self, inputs: dict[str, jax.Array], *, train: bool) -> jax.Array:
+        if "pixels" not in inputs:
+            raise ValueError(
+                f"vivit_pixels reads inputs['pixels'] [batch, time, H, W, 3]; got keys "
+                f"{sorted(inputs)} (use model 'vivit' for frame features)"
+            )
+        pixels = normalize_pixels(inputs["pixels"], self.pixel_mean, self.pixel_std)
+        fields = {f: getattr(self, f) for f in _VIVIT_FIELDS}
+        embedding = ViViTEncoder(**fields, patch_size=tuple(self.patch_size), name="vivit")(
+            pixels, inputs.get("mask"), train=train
+        )
+        return LogisticHead(self.num_classes, name="head")(embedding)
 
 
 MODALITIES = ("rgb", "audio", "text")

@@ -43,7 +43,9 @@ def evaluate_checkpoint(
     """Metrics of a checkpoint on the eval data, written under WORKDIR/eval/."""
     par, state, step = restore(config, workdir, step)
     _, eval_files, data_dir = loop.resolve_data(config)
-    kinds = synthetic.class_kinds(data_dir) if data_dir else None
+    # Class kinds belong to the embedded YT8M features, not to the synthetic videos.
+    video = config.data.format == "video_files"
+    kinds = synthetic.class_kinds(data_dir) if data_dir and not video else None
 
     def eval_fn(state, batch):
         return par.eval_step(state, par.put_batch(batch))

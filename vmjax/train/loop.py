@@ -21,15 +21,24 @@ from vmjax.train import parallel
 from vmjax.train import state as state_lib
 from vmjax.train.checkpoint import Checkpointer
 
+FORMATS = ("tfrecord", "array_record", "video_files")
+CSV_LAYOUTS = ("labels", "kinetics")
 
-def resolve_data(config: ml_collections.ConfigDict) -> tuple[list[str], list[str], str | None]:
-    """Train and eval files; with no patterns, the embedded dataset (generated once)."""
+
+def resolve_data(config: ml_collections.ConfigDict) -> tuple[list, list, str | None]:
+    """Train and eval files; with no patterns, the embedded dataset (generated once).
+
+    For data.format 'video_files' the "files" are (video path, class indices) items and the
+    embedded dataset is synthetic mp4s (vmjax.data.synthetic_video).
+    """
     d = config.data
     if bool(d.train_pattern) != bool(d.eval_pattern):
         raise ValueError(
             "set both config.data.train_pattern and config.data.eval_pattern, or "
             "neither (to use the embedded dataset)"
         )
+    if d.format == "video_files":
+        return _video_items(d)
     if d.format == "array_record":
         if not d.train_pattern:
             raise ValueError(
@@ -38,7 +47,7 @@ def resolve_data(config: ml_collections.ConfigDict) -> tuple[list[str], list[str
             )
         return [_split_ref(d.train_pattern)], [_split_ref(d.eval_pattern)], None
     if d.format != "tfrecord":
-        raise ValueError(f"data.format={d.format!r}; expected 'tfrecord' or 'array_record'")
+        raise ValueError(f"config.data.format={d.format!r}; expected one of {FORMATS}")
     data_dir = None
     train_pattern, eval_pattern = d.train_pattern, d.eval_pattern
     if not train_pattern:
@@ -55,6 +64,91 @@ def resolve_data(config: ml_collections.ConfigDict) -> tuple[list[str], list[str
         pipeline.resolve_files(train_pattern, "data.train_pattern"),
         pipeline.resolve_files(eval_pattern, "data.eval_pattern"),
         data_dir,
+    )
+
+
+def _video_items(d: ml_collections.ConfigDict) -> tuple[list, list, str | None]:
+    """(path, class indices) of the train and eval videos; with no CSVs, synthetic mp4s."""
+    from vmjax.data import synthetic_video, video_files
+
+    if d.csv_layout not in CSV_LAYOUTS:
+        raise ValueError(f"config.data.csv_layout={d.csv_layout!r}; expected one of {CSV_LAYOUTS}")
+    if d.csv_layout == "kinetics" and d.train_pattern and not d.video_root:
+        raise ValueError("config.data.csv_layout='kinetics' needs config.data.video_root")
+    data_dir, layout = None, d.csv_layout
+    train_csv, eval_csv = d.train_pattern, d.eval_pattern
+    if not train_csv:
+        if d.num_classes != len(synthetic_video.CLASSES):
+            raise ValueError(
+                f"the synthetic videos have {len(synthetic_video.CLASSES)} classes; "
+                f"config.data.num_classes is {d.num_classes}"
+            )
+        # As for the embedded YT8M data: process 0 generates, the others wait, then reuse it.
+        if jax.process_count() > 1 and jax.process_index() > 0:
+            _barrier("synthetic videos")
+        data_dir = synthetic_video.ensure(
+            d.cache_dir, log=logging.info, **d.synthetic_video.to_dict()
+        )
+        if jax.process_count() > 1 and jax.process_index() == 0:
+            _barrier("synthetic videos")
+        train_csv = os.path.join(data_dir, "train.csv")
+        eval_csv = os.path.join(data_dir, "validate.csv")
+        layout = "labels"
+    train_csv, eval_csv = os.path.expanduser(train_csv), os.path.expanduser(eval_csv)
+    if layout == "kinetics":
+        classes = video_files.kinetics_classes(train_csv)
+        if len(classes) != d.num_classes:
+            raise ValueError(
+                f"{train_csv} names {len(classes)} classes; config.data.num_classes is "
+                f"{d.num_classes}"
+            )
+        train = video_files.read_kinetics_csv(train_csv, _split_root(d.video_root, train_csv))
+        evals = video_files.read_kinetics_csv(
+            eval_csv, _split_root(d.video_root, eval_csv), classes
+        )
+    else:
+        vocabulary = os.path.expanduser(d.vocabulary) if d.vocabulary else None
+        train = video_files.read_label_csv(train_csv, d.num_classes, vocabulary)
+        evals = video_files.read_label_csv(eval_csv, d.num_classes, vocabulary)
+    for items, csv_path in ((train, train_csv), (evals, eval_csv)):
+        if not items:
+            raise ValueError(f"{csv_path} lists no videos")
+    return train, evals, data_dir
+
+
+def _split_root(video_root: str, csv_path: str) -> str:
+    """The folder of a Kinetics split's clips: video_root/<CSV name> if it exists, else video_root.
+
+    video_root/train for train.csv is the layout of the common Kinetics downloaders.
+    """
+    root = os.path.expanduser(video_root)
+    split = os.path.join(root, os.path.splitext(os.path.basename(csv_path))[0])
+    return split if os.path.isdir(split) else root
+
+
+def _video_dataset(config, items: list, batch_size: int, bad_files, *, train: bool):
+    from vmjax.data import video_files
+
+    d = config.data
+    return video_files.video_dataset(
+        items,
+        batch_size=batch_size,
+        num_classes=d.num_classes,
+        num_frames=d.num_frames,
+        size=d.image_size,
+        sampling=d.sampling,
+        stride=d.frame_stride,
+        fps=d.fps,
+        seed=d.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        train=train,
+        on_error=d.on_error,
+        bad_files=bad_files,
+        prefetch=d.prefetch,
+        read_threads=d.read_threads,
+        # Worker processes stream training batches; one eval pass is not worth starting them.
+        workers=d.workers if train else 0,
     )
 
 
@@ -76,8 +170,10 @@ def _open_split(ref: str, level: str):
 
 
 def train_stream(config, spec, files: list[str], batch_size: int, bad_records=None):
-    """This process's infinite iterator of training batches, from TFRecords or ArrayRecord."""
+    """This process's infinite iterator of training batches (TFRecords, ArrayRecord, videos)."""
     d = config.data
+    if d.format == "video_files":
+        return iter(_video_dataset(config, files, batch_size, bad_records, train=True))
     if d.format == "array_record":
         from vmjax.data import indexed
 
@@ -112,6 +208,8 @@ def train_stream(config, spec, files: list[str], batch_size: int, bad_records=No
 
 def eval_stream(config, spec, files: list[str], batch_size: int, bad_records=None):
     """This process's share of the evaluation batches, in order, one pass."""
+    if config.data.format == "video_files":
+        return iter(_video_dataset(config, files, batch_size, bad_records, train=False))
     if config.data.format == "array_record":
         from vmjax.data import indexed
 
@@ -140,7 +238,7 @@ def evaluate(
     files: list[str],
     config: ml_collections.ConfigDict,
     class_groups: dict[str, np.ndarray] | None = None,
-    bad_records: pipeline.BadRecords | None = None,
+    bad_records: pipeline.BadRecords | None = None,  # or video_files.BadFiles
     per_class: bool = False,
 ) -> dict:
     """GAP@20, mAP, Hit@1, PERR and mean loss over one pass of the eval data `files`.
@@ -153,8 +251,9 @@ def evaluate(
     With `class_groups` (name -> class indices), also `gap_<name>`: GAP@20 over those
     classes' columns only (e.g. per class kind of the embedded data).
     """
-    spec = pipeline.BatchSpec.from_config(config.data)
-    evaluator = metrics.Evaluator(spec.num_classes, threshold=0.5 if per_class else None)
+    video = config.data.format == "video_files"
+    spec = None if video else pipeline.BatchSpec.from_config(config.data)
+    evaluator = metrics.Evaluator(config.data.num_classes, threshold=0.5 if per_class else None)
     groups = {
         name: (cols, metrics.Evaluator(len(cols)))
         for name, cols in (class_groups or {}).items()
@@ -163,7 +262,7 @@ def evaluate(
     loss_sum = count = 0.0
     batch_size = config.eval_batch_size // jax.process_count()
     batches = eval_stream(config, spec, files, batch_size, bad_records)
-    for batch in _eval_batches_in_step(batches, spec, batch_size):
+    for batch in _eval_batches_in_step(batches, config.data, batch_size):
         out = eval_fn(state, batch)
         scores, labels, weights = (np.asarray(out[k]) for k in ("scores", "labels", "weights"))
         if not np.isfinite(scores[weights > 0]).all():
@@ -190,7 +289,7 @@ def evaluate(
     return out
 
 
-def _eval_batches_in_step(batches, spec, batch_size):
+def _eval_batches_in_step(batches, data: ml_collections.ConfigDict, batch_size: int):
     """This process's eval batches; with several processes, until all are done.
 
     Every process must join each (collective) eval step, so a process whose share ran out
@@ -201,8 +300,7 @@ def _eval_batches_in_step(batches, spec, batch_size):
         return
     from jax.experimental import multihost_utils
 
-    empty = pipeline.example_batch(spec, batch_size)
-    empty["weights"][:] = 0
+    empty = pipeline.config_example_batch(data, batch_size)
     while True:
         batch = next(batches, None)
         if not multihost_utils.process_allgather(np.array(batch is not None)).any():
@@ -213,13 +311,16 @@ def _eval_batches_in_step(batches, spec, batch_size):
 def _write_config(
     config: ml_collections.ConfigDict, workdir: str, train_files, eval_files, data_dir
 ) -> None:
+    def first(files):  # a file name, or a (video path, labels) item's path
+        return files[0][0] if isinstance(files[0], tuple) else files[0]
+
     resolved = {
         "config": json.loads(config.to_json_best_effort()),
         "resolved": {
             "train_files": len(train_files),
             "eval_files": len(eval_files),
-            "train_first": train_files[0],
-            "eval_first": eval_files[0],
+            "train_first": first(train_files),
+            "eval_first": first(eval_files),
             "embedded_data_dir": data_dir,
             "jax_devices": len(jax.devices()),
             "jax_processes": jax.process_count(),
@@ -252,7 +353,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
         raise ValueError(
             f"config.data.on_error={d.on_error!r}; expected one of {pipeline.ON_ERROR}"
         )
-    bad_records = pipeline.BadRecords() if d.on_error == "skip" else None
+    video = d.format == "video_files"
+    bad_records = None
+    if d.on_error == "skip":
+        from vmjax.data import video_files
+
+        bad_records = video_files.BadFiles() if video else pipeline.BadRecords()
     if config.on_nonfinite_loss not in ("stop", "skip"):
         raise ValueError(
             f"config.on_nonfinite_loss={config.on_nonfinite_loss!r}; expected 'stop' or 'skip'"
@@ -263,7 +369,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
 
     model, tx, state = state_lib.init_run(config)
     par = parallel.create(config, model, tx)
-    spec = pipeline.BatchSpec.from_config(d)
+    spec = None if video else pipeline.BatchSpec.from_config(d)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info(
         "Model %s: %s parameters; %s over %d devices (%d processes), %s compute",
@@ -299,8 +405,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
         import tensorboardX  # clu's writers need TensorFlow; tensorboardX does not
 
         writer = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
-    oracle = synthetic.read_oracle(data_dir) if data_dir else None
-    kinds = synthetic.class_kinds(data_dir) if data_dir else None
+    # The oracle and class kinds belong to the embedded YT8M features, not the synthetic videos.
+    oracle = synthetic.read_oracle(data_dir) if data_dir and not video else None
+    kinds = synthetic.class_kinds(data_dir) if data_dir and not video else None
     batch_log = _BatchLog(workdir) if config.log_batches else None
     guard = _NonFiniteGuard(config.on_nonfinite_loss, ckpt)
     preemption = _Preemption()
@@ -377,8 +484,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
             batch_log.close()
     if bad_records is not None:
         logging.warning(
-            "data.on_error='skip': skipped %d bad record(s) in all (logged above)%s",
+            "data.on_error='skip': skipped %d bad %s in all (logged above)%s",
             bad_records.count,
+            "video file(s)" if video else "record(s)",
             "; reader processes count their own" if d.workers else "",
         )
     if last_eval is None:

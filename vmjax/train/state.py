@@ -75,5 +75,5 @@ def init_run(config: ml_collections.ConfigDict):
 
     model = build_model(config.model, config.data.num_classes)
     tx = make_optimizer(config.optimizer, config.num_train_steps)
-    inputs = model_inputs(pipeline.example_batch(pipeline.BatchSpec.from_config(config.data)))
+    inputs = model_inputs(pipeline.config_example_batch(config.data))
     return model, tx, create_train_state(model, tx, inputs, jax.random.PRNGKey(config.seed))
