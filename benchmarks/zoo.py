@@ -1,14 +1,18 @@
-"""GAP per class kind for each zoo model on the embedded dataset -> docs/kinds.md.
+"""The comparative study: every zoo model and fusion method on the embedded data -> docs/results.md.
 
-  python benchmarks/kinds.py                      # every model, CPU-sized, ~30-40 min on 2 cores
-  python benchmarks/kinds.py --models lstm,frame_moe --steps 300
-  python benchmarks/kinds.py --models vivit --update   # re-run one row, keep the others
+  python benchmarks/zoo.py --quick     # every row at a small budget -> docs/results_quick.md
+  python benchmarks/zoo.py             # the full study -> docs/results.md
+  python benchmarks/zoo.py --rows "multimodal gated,multimodal gated - audio" --update
+  python benchmarks/zoo.py --from_json docs/results.json   # re-render table, findings, plot
 
-Each model trains from its `configs/yt8m.py:<name>` preset, shrunk to CPU size (the
-overrides are printed with each row's command), on the same embedded data and budget. The
-embedded data's class kinds (visual, audio, cross_modal, temporal, text) say what each model
-can see: temporal classes need frame order, cross-modal ones rgb and audio together, text ones
-the text tokens. Rows "multimodal (rgb only)" / "(audio only)" ablate a modality.
+Each model trains from its `configs/yt8m.py:<name>` preset shrunk to CPU size (the overrides
+are in each row's command), all with the same budget (steps x batch) on the same embedded data,
+and is evaluated on its 4,000 validation videos. The multimodal model runs with each fusion
+method, and again with each modality (rgb, audio, text) removed. Classic scikit-learn models on
+video-level features (vmjax.baselines) are reference rows. The embedded data's class kinds say
+what a model must see: temporal classes need frame order, cross-modal ones rgb and audio
+together, text ones the text tokens; the oracle and its blind variants bound each column.
+Writes the table, findings computed from it, every row's command, the rows as JSON and a PNG.
 """
 
 import argparse
@@ -24,17 +28,29 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from vmjax.data import synthetic  # noqa: E402
-from vmjax.tools.summary import summarize  # noqa: E402
-from vmjax.train import loop  # noqa: E402
+from vmjax.models.classifiers import FUSIONS, MODALITIES  # noqa: E402
 
-# CPU-sized overrides per model (the presets keep the papers' / starter's sizes).
+BUDGETS = {  # name -> overrides every row gets: the same steps, batch and warmup
+    "full": {"num_train_steps": 400, "batch_size": 64, "optimizer.warmup_steps": 50},
+    # A smaller embedded dataset (its own cache entry and oracle) keeps evaluation short.
+    "quick": {
+        "num_train_steps": 60,
+        "batch_size": 32,
+        "optimizer.warmup_steps": 10,
+        "data.synthetic.num_train": 4000,
+        "data.synthetic.num_validate": 1000,
+    },
+}
+# Train videos the scikit-learn rows fit on: their fit time and the forest's memory (~1 GB per
+# 1,000 videos here) grow with it, so they see fewer videos than the SGD-trained rows.
+BASELINE_TRAIN = {"full": 4000, "quick": 500}
+# CPU-sized overrides per model (the presets keep the papers' / starter's sizes). The embedded
+# videos have 8-48 frames, so max_frames=48 drops nothing.
 CPU = {
     "common": {
-        "batch_size": 64,
         "eval_batch_size": 256,
-        "data.max_frames": 64,
+        "data.max_frames": 48,
         "optimizer.learning_rate": 0.003,
-        "optimizer.warmup_steps": 50,
     },
     "logistic": {"optimizer.learning_rate": 0.01},
     "moe": {"optimizer.learning_rate": 0.01},
@@ -42,7 +58,7 @@ CPU = {
     "frame_moe": {"optimizer.learning_rate": 0.01},
     "dbof": {"model.cluster_size": 512, "model.hidden_size": 256},
     # The LSTM learns far slower at 0.003 (audio-only LSTM: GAP 0.13 at 0.003, 0.30 at 0.01 after
-    # 600 steps; lstm row 0.55 -> 0.62); ViViT does worse at 0.01 (0.75 -> 0.57), so it keeps 0.003.
+    # 600 steps); ViViT does worse at 0.01 (0.75 -> 0.57), so it keeps 0.003.
     "lstm": {"model.hidden_size": 256, "model.num_layers": 1, "optimizer.learning_rate": 0.01},
     "netvlad": {"model.num_clusters": 16, "model.audio_clusters": 8, "model.hidden_size": 256},
     "nextvlad": {"model.num_clusters": 16, "model.audio_clusters": 8, "model.hidden_size": 256},
@@ -58,22 +74,47 @@ CPU = {
         "model.vivit.hidden_size": 128,
         "model.vivit.num_layers": 3,
         "model.vivit.mlp_dim": 256,
+        "model.fusion_layers": 2,
     },
 }
-ROWS = {  # row label -> (preset, extra overrides)
-    "logistic": ("logistic", {}),
-    "moe": ("moe", {}),
-    "frame_logistic": ("frame_logistic", {}),
-    "frame_moe": ("frame_moe", {}),
-    "dbof": ("dbof", {}),
-    "lstm": ("lstm", {}),
-    "netvlad": ("netvlad", {}),
-    "nextvlad": ("nextvlad", {}),
-    "vivit": ("vivit", {}),
-    "multimodal (concat)": ("multimodal", {"model.fusion": "concat"}),
-    "multimodal (rgb only)": ("multimodal", {"model.modalities": "rgb"}),
-    "multimodal (audio only)": ("multimodal", {"model.modalities": "audio"}),
+# --quick also shrinks the transformer models (the slowest rows) further.
+QUICK_SIZES = {
+    "vivit": {
+        "model.vivit.hidden_size": 64,
+        "model.vivit.num_layers": 2,
+        "model.vivit.mlp_dim": 128,
+    },
+    "multimodal": {
+        "model.hidden_size": 64,
+        "model.vivit.hidden_size": 64,
+        "model.vivit.num_layers": 2,
+        "model.vivit.mlp_dim": 128,
+        "model.fusion_layers": 1,
+    },
 }
+SINGLE = ("logistic", "moe", "frame_logistic", "frame_moe", "dbof", "lstm", "netvlad", "nextvlad")
+SINGLE += ("vivit",)
+BASELINES = ("logistic_regression", "random_forest")
+ORDER_AWARE = ("lstm", "vivit")  # single-encoder models that see frame order
+
+
+def _rows() -> dict[str, tuple[str, dict]]:
+    """Row label -> (preset or 'sklearn', overrides)."""
+    rows = {name: (name, {}) for name in SINGLE}
+    for fusion in FUSIONS:
+        rows[f"multimodal {fusion}"] = ("multimodal", {"model.fusion": fusion})
+        for dropped in MODALITIES:
+            kept = ",".join(m for m in MODALITIES if m != dropped)
+            rows[f"multimodal {fusion} - {dropped}"] = (
+                "multimodal",
+                {"model.fusion": fusion, "model.modalities": kept},
+            )
+    for name in BASELINES:
+        rows[f"sklearn {name}"] = ("sklearn", {"model": name})
+    return rows
+
+
+ROWS = _rows()
 
 
 def get_config(preset: str):
@@ -92,19 +133,27 @@ def apply(config, overrides: dict) -> None:
         target[leaf] = value
 
 
-def run_row(label: str, steps: int, workdir: str) -> dict:
+def run_row(label: str, budget: str, workdir: str) -> dict:
+    """Trains and evaluates one row; returns its metrics, size, speed and command."""
     preset, extra = ROWS[label]
+    if preset == "sklearn":
+        return _run_baseline(label, extra["model"], budget)
+    from vmjax.tools.summary import summarize
+    from vmjax.train import loop
+
+    steps, batch_size = (BUDGETS[budget][k] for k in ("num_train_steps", "batch_size"))
     overrides = {
         **CPU["common"],
         **CPU.get(preset, {}),
+        **(QUICK_SIZES.get(preset, {}) if budget == "quick" else {}),
         **extra,
-        "num_train_steps": steps,
+        **BUDGETS[budget],
         "eval_every": steps,
         "checkpoint_every": steps,
     }
     config = get_config(preset)
     apply(config, overrides)
-    row_dir = os.path.join(workdir, label.replace(" ", "_").replace("(", "").replace(")", ""))
+    row_dir = os.path.join(workdir, label.replace(" ", "_"))
     shutil.rmtree(row_dir, ignore_errors=True)
     start = time.time()
     result = loop.train_and_evaluate(config, row_dir)
@@ -114,150 +163,318 @@ def run_row(label: str, steps: int, workdir: str) -> dict:
         "label": label,
         "params": summarize(config)["params"],
         "seconds": round(seconds, 1),
-        "examples_per_s": round(steps * config.batch_size / seconds, 1),
+        "examples_per_s": round(steps * batch_size / seconds, 1),
+        "train_videos": steps * batch_size,
         "command": f"python -m vmjax.main --config configs/yt8m.py:{preset} --workdir W {args}",
         **{k: v for k, v in result.items() if k.startswith(("gap", "map", "hit", "oracle"))},
     }
 
 
-def write_table(rows: list[dict], oracle: dict, path: str, steps: int) -> None:
+def _run_baseline(label: str, name: str, budget: str) -> dict:
+    from vmjax import baselines
+    from vmjax.train import loop
+
+    config = _data_config(budget)
+    train_files, eval_files, data_dir = loop.resolve_data(config)
+    start = time.time()
+    result = baselines.run_baseline(
+        name,
+        train_files,
+        eval_files,
+        "video",
+        config.data.num_classes,
+        max_train=BASELINE_TRAIN[budget],
+        data_dir=data_dir,
+        n_jobs=-1,  # every core, as the JAX rows use them
+    )
+    seconds = time.time() - start
+    return {
+        "label": label,
+        "params": result["params"],
+        "seconds": round(seconds, 1),
+        "examples_per_s": round(BASELINE_TRAIN[budget] / result["fit_seconds"], 1),
+        "num_train": result["num_train"],
+        "command": (
+            f"python -m vmjax.baselines --config configs/yt8m.py --models {name} "
+            f"--max_train {BASELINE_TRAIN[budget]} --n_jobs -1"
+            + "".join(f" --config.{k}={v}" for k, v in _data_overrides(budget).items())
+        ),
+        "oracle_gap": _oracle(budget)["gap"],
+        **{k: v for k, v in result.items() if k.startswith(("gap", "map", "hit"))},
+    }
+
+
+def write_results(rows: list[dict], oracle: dict, path: str, budget: str) -> None:
+    """The markdown table with findings and commands, the rows as JSON, and the PNG."""
     kinds = synthetic.KINDS
+    steps, batch_size = (BUDGETS[budget][k] for k in ("num_train_steps", "batch_size"))
+    num_validate = _data_config(budget).data.synthetic.num_validate
     minutes = sum(r["seconds"] for r in rows) / 60
-    head = "| model | GAP | " + " | ".join(kinds) + " | params | train ex/s |"
+    out = pathlib.Path(path)
+    image = out.parent / "images" / f"{out.stem}.png"
+    head = "| model | GAP | mAP | Hit@1 | GAP / oracle | " + " | ".join(kinds)
+    missing = [label for label in ROWS if label not in {r["label"] for r in rows}]
     lines = [
-        "# GAP per class kind on the embedded dataset",
+        "# The comparative study: models and fusion methods on the embedded dataset",
         "",
-        f"Written by `python benchmarks/kinds.py --steps {steps}`; the rows took {minutes:.0f} "
-        "min of training and evaluation on a 2-core CPU. Each model trains "
-        f"{steps} steps of 64 videos from its "
-        "`configs/yt8m.py:<model>` preset at CPU size (the exact command is under the table) "
-        "and is evaluated on the 4,000 validation videos. Columns are GAP@20 restricted to "
-        "each kind's classes; the oracle row is the best achievable (label noise keeps it "
-        "below 1). train ex/s is wall-clock throughput of the whole run (evaluation included) "
-        "and depends on what else shared the machine: rows re-run with --update (vivit, "
-        "multimodal) ran beside other jobs, so compare it only roughly.",
+        *(
+            [
+                f"> Partial: {len(rows)} of {len(ROWS)} rows. The rest: `python benchmarks/zoo.py"
+                f"{' --quick' if budget == 'quick' else ''} --update --rows "
+                f'"{",".join(missing)}"`.',
+                "",
+            ]
+            if missing
+            else []
+        ),
+        f"Written by `python benchmarks/zoo.py{' --quick' if budget == 'quick' else ''}`: "
+        f"{len(rows)} rows in {minutes:.0f} min of training and evaluation on a 2-core CPU. "
+        f"Every vmjax model trains {steps} steps of {batch_size} videos from its "
+        "`configs/yt8m.py:<model>` preset at CPU size (each row's command is below) and is "
+        f"evaluated on the {num_validate:,} validation videos of the embedded dataset. GAP@20, "
+        "mAP and Hit@1 are the official metrics; GAP / oracle divides by the generating "
+        "oracle's GAP "
+        "(label noise keeps it below 1); the kind columns are GAP@20 over each class kind "
+        "(visual, audio, cross-modal, temporal, text). `multimodal F - M` is fusion F with "
+        f"modality M removed. scikit-learn rows fit {BASELINE_TRAIN[budget]:,} train videos' "
+        "video-level features (mean rgb + mean audio); their params count fitted coefficients "
+        "or tree nodes. train ex/s is wall-clock throughput of the whole row (evaluation "
+        "included; for scikit-learn: train videos / fit seconds).",
         "",
-        head,
-        "|" + "---|" * (len(kinds) + 4),
+        f"![GAP against parameters, and per kind]({image.parent.name}/{image.name})",
+        "",
+        head + " | params | train ex/s |",
+        "|" + "---|" * (len(kinds) + 7),
         "| oracle | "
-        + f"{oracle['gap']:.3f} | "
+        + f"{oracle['gap']:.3f} | | | 1.000 | "
         + " | ".join(f"{oracle[f'gap_{k}']:.3f}" for k in kinds)
         + " | | |",
     ]
     for r in rows:
         lines.append(
-            f"| {r['label']} | {r['gap']:.3f} | "
+            f"| {r['label']} | {r['gap']:.3f} | {r['map']:.3f} | {r['hit_at_1']:.3f} | "
+            f"{r['gap'] / oracle['gap']:.3f} | "
             + " | ".join(f"{r[f'gap_{k}']:.3f}" for k in kinds)
             + f" | {r['params']:,} | {r['examples_per_s']:,.0f} |"
         )
     lines += ["", "## Findings (computed from the rows above)", ""] + findings(rows, oracle)
-    lines += ["", "Commands (W = any work directory):", ""]
+    lines += ["", "## Commands (W = any work directory)", ""]
     lines += [f"- {r['label']}: `{r['command']}`" for r in rows]
-    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-    pathlib.Path(path).write_text("\n".join(lines) + "\n")
-    pathlib.Path(path).with_suffix(".json").write_text(json.dumps(rows, indent=2))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"budget": budget, "rows": rows}, indent=2))
+    plot(rows, oracle, image)
 
 
 def findings(rows: list[dict], oracle: dict) -> list[str]:
-    """Plain statements about order, fusion and text, each citing the numbers it rests on."""
+    """Plain statements, each citing the numbers of the table it rests on."""
     by = {r["label"]: r for r in rows}
     out = []
 
-    def gap(label, kind):
-        return by[label][f"gap_{kind}"]
+    def gap(label, kind=""):
+        return by[label][f"gap_{kind}" if kind else "gap"]
 
-    order_aware = ("lstm", "vivit", "multimodal (concat)")
-    blind = [m for m in by if m not in order_aware and not m.startswith("multimodal")]
-    aware = [m for m in order_aware if m in by]
+    best = max(rows, key=lambda r: r["gap"])
+    out.append(
+        f"- Best overall: {best['label']}, GAP {best['gap']:.3f} "
+        f"({best['gap'] / oracle['gap']:.1%} of the oracle's {oracle['gap']:.3f})."
+    )
+    fused = [f"multimodal {f}" for f in FUSIONS if f"multimodal {f}" in by]
+    if len(fused) >= 2:
+        ranked = sorted(fused, key=lambda m: -gap(m, "cross_modal"))
+        first, second = (gap(m, "cross_modal") for m in ranked[:2])
+        singles = [m for m in SINGLE if m in by]
+        line = (
+            "- Cross-modal classes (rgb AND audio evidence) by fusion: "
+            + ", ".join(f"{m.split()[1]} {gap(m, 'cross_modal'):.3f}" for m in ranked)
+            + f". {ranked[0].split()[1]} wins by {first - second:+.3f} over {ranked[1].split()[1]}"
+        )
+        if singles:
+            top = max(singles, key=lambda m: gap(m, "cross_modal"))
+            line += (
+                f"; against the best single-encoder model ({top}, {gap(top, 'cross_modal'):.3f})"
+                f" it is {first - gap(top, 'cross_modal'):+.3f}"
+            )
+        out.append(line + ".")
+    own_kind = {"rgb": "visual", "audio": "audio", "text": "text"}
+    for m in fused:
+        drops = [
+            (d, gap(f"{m} - {d}"), gap(f"{m} - {d}", own_kind[d]), gap(f"{m} - {d}", "cross_modal"))
+            for d in MODALITIES
+            if f"{m} - {d}" in by
+        ]
+        if drops:
+            per_kind = ", ".join(f"{k} {gap(m, k):.3f}" for k in own_kind.values())
+            out.append(
+                f"- {m} (GAP {gap(m):.3f}; {per_kind}"
+                f"; cross-modal {gap(m, 'cross_modal'):.3f}) without "
+                + "; without ".join(
+                    f"{d}: GAP {g:.3f} ({g - gap(m):+.3f}), {own_kind[d]} {k:.3f} "
+                    f"({k - gap(m, own_kind[d]):+.3f}), cross-modal {x:.3f}"
+                    for d, g, k, x in drops
+                )
+                + "."
+            )
     ceiling = oracle["gap_temporal_order_blind"]
-    if blind and aware:
+    aware = [m for m in ORDER_AWARE if m in by] + [m for m in fused]
+    blind = [m for m in SINGLE if m in by and m not in ORDER_AWARE]
+    if aware and blind:
         best_blind = max(blind, key=lambda m: gap(m, "temporal"))
         solved = [m for m in aware if gap(m, "temporal") > ceiling]
         out.append(
-            "- Temporal classes (A before B vs B before A) need frame order. A model that "
-            f"cannot see order scores at most {ceiling:.3f} on them (the order-blind oracle: "
-            "the oracle's scores averaged over each pair). Order-aware: "
+            "- Temporal classes (A before B vs B before A) need frame order; an order-blind "
+            f"model scores at most {ceiling:.3f} on them (the oracle averaged over each pair). "
             + ", ".join(f"{m} {gap(m, 'temporal'):.3f}" for m in aware)
-            + f"; the best order-blind model (pooling over frames) is {best_blind} at "
-            f"{gap(best_blind, 'temporal'):.3f}. Above the order-blind ceiling, i.e. using "
-            f"order: {', '.join(solved) or 'none'}."
+            + f"; best order-blind: {best_blind} {gap(best_blind, 'temporal'):.3f}. Above the "
+            f"ceiling: {', '.join(solved) or 'none'}."
         )
-    ablations = [m for m in ("multimodal (rgb only)", "multimodal (audio only)") if m in by]
-    if "multimodal (concat)" in by and ablations:
-        fused = gap("multimodal (concat)", "cross_modal")
+    sk = [r["label"] for r in rows if r["label"].startswith("sklearn")]
+    if sk and "logistic" in by:
+        top = max(sk, key=gap)
         out.append(
-            f"- Cross-modal classes need rgb and audio together: multimodal (concat) gets "
-            f"{fused:.3f} GAP on them, "
-            + ", ".join(f"{m} {gap(m, 'cross_modal'):.3f}" for m in ablations)
-            + " (one modality alone can score at most "
-            f"{oracle['gap_cross_modal_rgb_only']:.3f} with rgb, "
-            f"{oracle['gap_cross_modal_audio_only']:.3f} with audio); dropping a modality also "
-            "costs its own kind (visual "
-            + ", ".join(f"{m} {gap(m, 'visual'):.3f}" for m in ablations)
-            + ")."
+            f"- Classic baselines on the same video-level features: {top} GAP {gap(top):.3f} "
+            f"(fitted on {by[top]['num_train']:,} videos) vs vmjax logistic "
+            f"{gap('logistic'):.3f} and moe {gap('moe') if 'moe' in by else float('nan'):.3f} "
+            f"(SGD over {by['logistic']['train_videos']:,} videos)."
         )
-    texty = [m for m in by if m.startswith("multimodal") and "only" not in m]
-    blind = [m for m in by if not m.startswith("multimodal")]
-    if texty and blind:
-        best_blind = max(blind, key=lambda m: gap(m, "text"))
-        out.append(
-            "- Only the multimodal model reads text tokens: text-kind GAP "
-            + ", ".join(f"{m} {gap(m, 'text'):.3f}" for m in texty)
-            + f" vs at most {gap(best_blind, 'text'):.3f} ({best_blind}) for the others, "
-            "which can only guess text classes from co-occurring labels."
-        )
-    best = max(r["gap"] for r in rows)
-    weak = [r["label"] for r in rows if r["gap"] < 0.8 * best]
+    weak = [r["label"] for r in rows if r["gap"] < 0.5 * best["gap"]]
     if weak:
         out.append(
-            f"- Caveat: {', '.join(weak)} reach under 80% of the best overall GAP ({best:.3f}) at "
-            "this budget: undertrained (recurrent encoders learn slowest here), so their columns "
-            "understate what the architecture can do."
+            f"- Caveat: {len(weak)} of {len(rows)} rows reach under half the best GAP at this "
+            f"budget ({', '.join(weak)}): undertrained, so their columns say little about the "
+            "architecture; compare them at the full budget."
         )
-    return out or ["- (run more rows for findings)"]
+    return out
+
+
+def plot(rows: list[dict], oracle: dict, path: pathlib.Path) -> None:
+    """GAP against parameters (log scale) and per-kind GAP of the main rows, one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, (left, right) = plt.subplots(
+        1, 2, figsize=(15, 5.5), gridspec_kw={"width_ratios": [1, 1.3]}
+    )
+    family = {"sklearn": ("tab:gray", "s"), "multimodal": ("tab:red", "o")}
+    for r in rows:
+        colour, marker = family.get(r["label"].split()[0], ("tab:blue", "^"))
+        if " - " in r["label"]:
+            colour = "tab:orange"
+        left.scatter(r["params"], r["gap"], c=colour, marker=marker, s=36)
+        if " - " not in r["label"]:
+            left.annotate(
+                r["label"],
+                (r["params"], r["gap"]),
+                fontsize=7,
+                xytext=(3, 2),
+                textcoords="offset points",
+            )
+    left.axhline(oracle["gap"], ls="--", c="k", lw=0.8, label="oracle")
+    left.set_xscale("log")
+    left.set(
+        xlabel="parameters", ylabel="GAP@20", title="GAP vs parameters (orange: a modality removed)"
+    )
+    left.legend(loc="lower right")
+    main = [r for r in rows if " - " not in r["label"]]
+    kinds = synthetic.KINDS
+    width = 0.8 / len(main)
+    x = np.arange(len(kinds))
+    cmap = plt.get_cmap("tab20")
+    for i, r in enumerate(main):
+        right.bar(
+            x + i * width,
+            [r[f"gap_{k}"] for k in kinds],
+            width,
+            label=r["label"],
+            color=cmap(i % 20),
+        )
+    right.scatter(
+        x + 0.4 - width / 2,
+        [oracle[f"gap_{k}"] for k in kinds],
+        marker="_",
+        s=600,
+        c="k",
+        label="oracle",
+        zorder=3,
+    )
+    right.set_xticks(x + 0.4 - width / 2, kinds)
+    right.set(ylabel="GAP@20 on the kind's classes", title="GAP per class kind", ylim=(0, 1))
+    right.legend(fontsize=6, ncol=2, loc="upper right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _data_overrides(budget: str) -> dict:
+    return {k: v for k, v in BUDGETS[budget].items() if k.startswith("data.")}
+
+
+def _data_config(budget: str):
+    """The default config with the budget's embedded-dataset size."""
+    config = get_config("")
+    apply(config, _data_overrides(budget))
+    return config
+
+
+def _oracle(budget: str) -> dict:
+    """oracle.json of the budget's embedded dataset."""
+    c = _data_config(budget)
+    spec = synthetic.Spec(num_classes=c.data.num_classes, **c.data.synthetic.to_dict())
+    return synthetic.read_oracle(os.path.join(os.path.expanduser(c.data.cache_dir), spec.key()))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default=",".join(ROWS), help="comma-separated row labels")
-    parser.add_argument("--steps", type=int, default=600, help="train steps per model")
-    parser.add_argument("--workdir", default="/tmp/vmjax-kinds", help="per-model run dirs")
-    parser.add_argument("--out", default=str(ROOT / "docs" / "kinds.md"))
-    parser.add_argument("--from_json", help="re-render the table from a saved kinds.json")
-    parser.add_argument(
-        "--update",
-        action="store_true",
-        help="run only --models and replace their rows in the existing table (keeps the rest)",
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[1:]),
     )
+    parser.add_argument(
+        "--quick", action="store_true", help=f"budget {BUDGETS['quick']} (steps, batch)"
+    )
+    parser.add_argument("--rows", default="", help="comma-separated row labels (default: all)")
+    parser.add_argument("--workdir", default="/tmp/vmjax-zoo", help="per-row run directories")
+    parser.add_argument(
+        "--out", default="", help="default docs/results.md (--quick: results_quick.md)"
+    )
+    parser.add_argument("--from_json", help="re-render from a saved results JSON")
+    parser.add_argument(
+        "--update", action="store_true", help="run only --rows and replace them in --out's JSON"
+    )
+    parser.add_argument("--list", action="store_true", help="print the row labels and exit")
     args = parser.parse_args()
-    if args.from_json:
-        rows = json.loads(pathlib.Path(args.from_json).read_text())
-        write_table(rows, _oracle(), args.out, args.steps)
-        print(f"wrote {args.out}")
+    if args.list:
+        print("\n".join(ROWS))
         return
-    labels = [m.strip() for m in args.models.split(",") if m.strip()]
+    budget = "quick" if args.quick else "full"
+    out = args.out or str(ROOT / "docs" / ("results_quick.md" if args.quick else "results.md"))
+    if args.from_json:
+        saved = json.loads(pathlib.Path(args.from_json).read_text())
+        write_results(saved["rows"], _oracle(saved["budget"]), out, saved["budget"])
+        print(f"wrote {out}")
+        return
+    labels = [m.strip() for m in args.rows.split(",") if m.strip()] or list(ROWS)
     unknown = [m for m in labels if m not in ROWS]
     if unknown:
-        parser.error(f"unknown rows {unknown}; choose from {list(ROWS)}")
+        parser.error(f"unknown rows {unknown}; --list shows them")
     previous = {}
     if args.update:
-        saved = json.loads(pathlib.Path(args.out).with_suffix(".json").read_text())
-        previous = {r["label"]: r for r in saved}
+        saved = json.loads(pathlib.Path(out).with_suffix(".json").read_text())
+        if saved["budget"] != budget:
+            parser.error(f"{out} holds the {saved['budget']} budget; pass --quick to match")
+        previous = {r["label"]: r for r in saved["rows"]}
+    start = time.time()
     for label in labels:
-        row = run_row(label, args.steps, args.workdir)
+        row = run_row(label, budget, args.workdir)
         print(json.dumps(row), flush=True)
         previous[label] = row
-        rows = [previous[m] for m in ROWS if m in previous]  # table order
         # Rewritten after every row, so a long run leaves its finished rows behind.
-        write_table(rows, _oracle(), args.out, args.steps)
-    print(f"wrote {args.out}")
-
-
-def _oracle() -> dict:
-    """oracle.json of the embedded dataset the default config uses."""
-    c = get_config("")
-    spec = synthetic.Spec(num_classes=c.data.num_classes, **c.data.synthetic.to_dict())
-    return synthetic.read_oracle(os.path.join(os.path.expanduser(c.data.cache_dir), spec.key()))
+        write_results([previous[m] for m in ROWS if m in previous], _oracle(budget), out, budget)
+    print(f"wrote {out} in {(time.time() - start) / 60:.1f} min")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from vmjax.data import tfds_yt8m
+from vmjax.data.sharding import check_process, eval_slice, read_options, shuffle_seed
 
 Item = tuple[str, int, int, bytes]  # (path, index, byte offset or -1, payload), as decoders take
 # Mixed into the seed hash so these permutations do not coincide with other uses of the seed.
@@ -125,16 +126,6 @@ class _Items:
         return self._name, index, -1, self._source[index]
 
 
-def shuffle_seed(seed: int) -> int:
-    """The 32-bit seed of epoch 0's permutation; epoch e uses it + e (grain's rule)."""
-    return int(np.random.SeedSequence([seed, _SHUFFLE_SALT]).generate_state(1)[0])
-
-
-def _check_process(process_index: int, process_count: int) -> None:
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index {process_index} is outside [0, {process_count})")
-
-
 def train_dataset(
     source: Sequence[bytes],
     decode: Callable[[Item], Any],
@@ -159,16 +150,20 @@ def train_dataset(
       read_threads: threads preparing batches in parallel (more help on network storage).
       workers: processes preparing batches (grain's mp_prefetch); 0 keeps it in this process.
     """
-    _check_process(process_index, process_count)
+    check_process(process_index, process_count)
     if len(source) < process_count * batch_size:
         raise ValueError(
             f"{getattr(source, 'name', 'source')} has {len(source)} records, fewer than one "
             f"batch of {batch_size} for each of {process_count} processes"
         )
-    ds = grain.MapDataset.source(_Items(source)).shuffle(seed=shuffle_seed(seed)).repeat()
+    ds = (
+        grain.MapDataset.source(_Items(source))
+        .shuffle(seed=shuffle_seed(seed, _SHUFFLE_SALT))
+        .repeat()
+    )
     ds = ds[process_index::process_count]
     ds = ds.batch(batch_size, drop_remainder=True, batch_fn=_batcher(decode, collate))
-    out = ds.to_iter_dataset(_read_options(prefetch, read_threads))
+    out = ds.to_iter_dataset(read_options(prefetch, read_threads))
     if workers:
         from absl import flags
 
@@ -192,24 +187,6 @@ def _batcher(decode: Callable[[Item], Any], collate: Callable[[Sequence[Any]], A
     return batch
 
 
-def _read_options(prefetch: int, threads: int) -> grain.ReadOptions:
-    # grain's thread pool rather than ThreadPrefetchIterDataset: its daemon thread, caught at
-    # interpreter exit inside C++ (index_shuffle, ArrayRecord reads), aborts the process
-    # (std::terminate, exit status 134); pool threads are joined before finalisation.
-    if not prefetch:
-        return grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
-    return grain.ReadOptions(num_threads=max(threads, 1), prefetch_buffer_size=prefetch)
-
-
-def eval_slice(num_records: int, process_index: int, process_count: int) -> range:
-    """The contiguous block of record indices process `process_index` evaluates."""
-    _check_process(process_index, process_count)
-    return range(
-        process_index * num_records // process_count,
-        (process_index + 1) * num_records // process_count,
-    )
-
-
 def eval_batches(
     source: Sequence[bytes],
     decode: Callable[[Item], Any],
@@ -224,4 +201,4 @@ def eval_batches(
     block = eval_slice(len(source), process_index, process_count)
     ds = grain.MapDataset.source(_Items(source))[block.start : block.stop]
     ds = ds.batch(batch_size, batch_fn=_batcher(decode, collate))
-    return iter(ds.to_iter_dataset(_read_options(prefetch=2, threads=1)))
+    return iter(ds.to_iter_dataset(read_options(prefetch=2, threads=1)))

@@ -39,6 +39,7 @@ import numpy as np
 from absl import logging
 
 from vmjax.data import video
+from vmjax.data.sharding import check_process, eval_slice, read_options, shuffle_seed
 
 Item = tuple[str, tuple[int, ...]]  # (video file path, class indices)
 ON_ERROR = ("raise", "skip")
@@ -410,20 +411,6 @@ def empty_batch(
     return batch
 
 
-def shuffle_seed(seed: int) -> int:
-    """The 32-bit seed of epoch 0's permutation; epoch e uses it + e (grain's rule)."""
-    return int(np.random.SeedSequence([seed, _SHUFFLE_SALT]).generate_state(1)[0])
-
-
-def eval_slice(num_items: int, process_index: int, process_count: int) -> range:
-    """The contiguous block of file indices process `process_index` evaluates."""
-    _check_process(process_index, process_count)
-    return range(
-        process_index * num_items // process_count,
-        (process_index + 1) * num_items // process_count,
-    )
-
-
 def video_dataset(
     items: Sequence[Item],
     *,
@@ -471,7 +458,7 @@ def video_dataset(
     Returns:
       A grain IterDataset; `iter()` of it has `get_state`/`set_state` for exact resumption.
     """
-    _check_process(process_index, process_count)
+    check_process(process_index, process_count)
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     if on_error == "raise" and bad_files is not None:
@@ -510,7 +497,7 @@ def video_dataset(
                 f"{process_count} processes"
             )
         if shuffle is None or shuffle:
-            ds = ds.shuffle(seed=shuffle_seed(seed))
+            ds = ds.shuffle(seed=shuffle_seed(seed, _SHUFFLE_SALT))
         # The epoch is taken from the global position, before sharding, to seed the crops.
         ds = ds.repeat().map_with_index(_WithEpoch(len(source)))
         ds = ds[process_index::process_count]
@@ -518,7 +505,7 @@ def video_dataset(
     else:
         block = eval_slice(len(source), process_index, process_count)
         ds = ds[block.start : block.stop].batch(batch_size, batch_fn=batcher)
-    out = ds.to_iter_dataset(_read_options(prefetch, read_threads))
+    out = ds.to_iter_dataset(read_options(prefetch, read_threads))
     if not workers:
         return out
     from absl import flags
@@ -536,16 +523,3 @@ def _size(size: int | tuple[int, int]) -> tuple[int, int]:
     if height < 1 or width < 1:
         raise ValueError(f"size must be positive (height, width) or one int, got {size}")
     return int(height), int(width)
-
-
-def _check_process(process_index: int, process_count: int) -> None:
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index {process_index} is outside [0, {process_count})")
-
-
-def _read_options(prefetch: int, threads: int) -> grain.ReadOptions:
-    # grain's thread pool, as indexed.py explains: a daemon prefetch thread caught at
-    # interpreter exit inside C++ aborts the process.
-    if not prefetch:
-        return grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
-    return grain.ReadOptions(num_threads=max(threads, 1), prefetch_buffer_size=prefetch)
