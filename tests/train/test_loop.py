@@ -34,13 +34,18 @@ def _small(tmp_path, arg="smoke", **overrides):
     c.checkpoint_every = 3
     c.log_every = 2
     c.model.name = "logistic" if c.data.level == "video" else c.model.name
+    return override(c, overrides)
+
+
+def override(config, overrides: dict):
+    """Sets dotted config fields ('data.max_frames': 8) in place; returns the config."""
     for k, v in overrides.items():
-        target = c
+        target = config
         *parents, leaf = k.split(".")
         for p in parents:
             target = target[p]
         target[leaf] = v
-    return c
+    return config
 
 
 def _metrics(workdir):

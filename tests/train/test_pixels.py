@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.train.test_loop import override
 from vmjax.data import synthetic_video, video_files, yt8m
 from vmjax.models import build_model
 from vmjax.train import loop
@@ -51,13 +52,7 @@ def _small(cache_dir, model="vivit_pixels", **overrides):
     c.checkpoint_every = 2
     c.log_every = 2
     c.optimizer.warmup_steps = 1
-    for k, v in overrides.items():
-        target = c
-        *parents, leaf = k.split(".")
-        for p in parents:
-            target = target[p]
-        target[leaf] = v
-    return c
+    return override(c, overrides)
 
 
 def _metrics(workdir):
