@@ -98,11 +98,13 @@ def _collate(examples: list[dict], batch_size: int, spec: pipeline.BatchSpec) ->
     return batch
 
 
-def _batches(config, bad_records=None):
+def _batches(config):
+    """(segment batches of the eval data, the skipped-record counter under on_error='skip')."""
     if jax.process_count() > 1:
         raise NotImplementedError("segment eval/predict run in one process")
-    _, eval_files, data_dir = loop.resolve_data(config)
-    return segment_batches(config, eval_files, config.eval_batch_size, bad_records), data_dir
+    _, eval_files, _ = loop.resolve_data(config)
+    bad = pipeline.BadRecords() if config.data.on_error == "skip" else None
+    return segment_batches(config, eval_files, config.eval_batch_size, bad), bad
 
 
 def evaluate_segments(
@@ -110,8 +112,7 @@ def evaluate_segments(
 ) -> dict:
     """Segment MAP@100,000 and loss of a checkpoint on the eval data's rated segments."""
     par, state, step = inference.restore(config, workdir, step)
-    bad = pipeline.BadRecords() if config.data.on_error == "skip" else None
-    batches, _ = _batches(config, bad)
+    batches, bad = _batches(config)
     scores, positive, classes = [], [], []
     loss_sum = 0.0
     num_segments = 0
@@ -157,8 +158,7 @@ def predict_segments(
 ) -> str:
     """Writes the Kaggle `Class,Segments` CSV for the eval data's segments; returns its path."""
     par, state, step = inference.restore(config, workdir, step)
-    bad = pipeline.BadRecords() if config.data.on_error == "skip" else None
-    batches, _ = _batches(config, bad)
+    batches, bad = _batches(config)
     classes = segments.segment_classes(config.data.num_classes, config.data.segment_classes)
     names, all_scores = [], []
     for batch in batches:
