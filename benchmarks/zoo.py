@@ -96,6 +96,7 @@ SINGLE = ("logistic", "moe", "frame_logistic", "frame_moe", "dbof", "lstm", "net
 SINGLE += ("vivit",)
 BASELINES = ("logistic_regression", "random_forest")
 ORDER_AWARE = ("lstm", "vivit")  # single-encoder models that see frame order
+RGB_KINDS = ("visual", "cross_modal", "temporal")  # class kinds whose evidence is in rgb
 
 
 def _rows() -> dict[str, tuple[str, dict]]:
@@ -228,7 +229,8 @@ def write_results(rows: list[dict], oracle: dict, path: str, budget: str) -> Non
             else []
         ),
         f"Written by `python benchmarks/zoo.py{' --quick' if budget == 'quick' else ''}`: "
-        f"{len(rows)} rows in {minutes:.0f} min of training and evaluation on a 2-core CPU. "
+        f"{len(rows)} rows in {minutes:.0f} min of wall time on a 2-core CPU (the rows run one "
+        "after another; this is the sum of their training and evaluation times). "
         f"Every vmjax model trains {steps} steps of {batch_size} videos from its "
         "`configs/yt8m.py:<model>` preset at CPU size (each row's command is below) and is "
         f"evaluated on the {num_validate:,} validation videos of the embedded dataset. GAP@20, "
@@ -239,7 +241,8 @@ def write_results(rows: list[dict], oracle: dict, path: str, budget: str) -> Non
         f"modality M removed. scikit-learn rows fit {BASELINE_TRAIN[budget]:,} train videos' "
         "video-level features (mean rgb + mean audio); their params count fitted coefficients "
         "or tree nodes. train ex/s is wall-clock throughput of the whole row (evaluation "
-        "included; for scikit-learn: train videos / fit seconds).",
+        "included; for scikit-learn: train videos / fit seconds) on a shared VM, where the "
+        "same row varies by about 30% between runs.",
         "",
         f"![GAP against parameters, and per kind]({image.parent.name}/{image.name})",
         "",
@@ -257,7 +260,10 @@ def write_results(rows: list[dict], oracle: dict, path: str, budget: str) -> Non
             + " | ".join(f"{r[f'gap_{k}']:.3f}" for k in kinds)
             + f" | {r['params']:,} | {r['examples_per_s']:,.0f} |"
         )
-    lines += ["", "## Findings (computed from the rows above)", ""] + findings(rows, oracle)
+    summary = conclusions(rows, budget)
+    if summary:
+        lines += ["", "## Conclusions", "", summary]
+    lines += ["", "## Findings (computed from the rows above)", ""] + findings(rows, oracle, budget)
     lines += ["", "## Commands (W = any work directory)", ""]
     lines += [f"- {r['label']}: `{r['command']}`" for r in rows]
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -266,7 +272,125 @@ def write_results(rows: list[dict], oracle: dict, path: str, budget: str) -> Non
     plot(rows, oracle, image)
 
 
-def findings(rows: list[dict], oracle: dict) -> list[str]:
+def conclusions(rows: list[dict], budget: str) -> str:
+    """The short paragraph under the table: which fusion wins where, by how much, and why.
+
+    Every claim is chosen by the numbers (rankings, signs of differences), so a re-run with other
+    results says what those show. Empty until every fusion row and its ablations are present.
+    """
+    by = {r["label"]: r for r in rows}
+    fused = [f"multimodal {f}" for f in FUSIONS]
+    ablations = [f"{m} - {d}" for m in fused for d in MODALITIES]
+    if any(label not in by for label in fused + ablations):
+        return ""
+
+    def gap(label, kind=""):
+        return by[label][f"gap_{kind}" if kind else "gap"]
+
+    def name(label):
+        return label.split()[1]
+
+    ranked = sorted(fused, key=lambda m: -gap(m, "cross_modal"))
+    top = ranked[0]
+    spread = gap(top, "cross_modal") - gap(ranked[-1], "cross_modal")
+    overall = max(fused, key=gap)
+    singles = [m for m in SINGLE if m in by]
+    if spread < 0.02:  # well inside run-to-run noise
+        text = [
+            "No fusion method separates from the others on the cross-modal classes, whose "
+            f"label needs rgb and audio evidence together (all within {spread:.3f} GAP); the "
+            f"best multimodal model overall is {name(overall)} (GAP {gap(overall):.3f})."
+        ]
+    else:
+        margins = ", ".join(
+            f"{name(m)} by {gap(top, 'cross_modal') - gap(m, 'cross_modal'):.3f}"
+            for m in ranked[1:]
+        )
+        text = [
+            f"On the cross-modal classes, whose label needs rgb and audio evidence together, "
+            f"{name(top)} fusion wins ({gap(top, 'cross_modal'):.3f} GAP) ahead of {margins}"
+            + (
+                f", and it is also the best multimodal model overall (GAP {gap(overall):.3f})."
+                if overall == top
+                else f"; overall the best multimodal model is {name(overall)} "
+                f"(GAP {gap(overall):.3f})."
+            )
+        ]
+        rival = max(singles, key=lambda m: gap(m, "cross_modal"), default=None)
+        if rival and gap(rival, "cross_modal") > gap(top, "cross_modal"):
+            text.append(
+                f"Still, the single-encoder {rival} scores {gap(rival, 'cross_modal'):.3f} on "
+                "them: a mixture of experts over mean rgb and audio features learns those "
+                "conjunctions too."
+            )
+    # What each modality contributes: the drop in GAP when it is removed, averaged over fusions.
+    cost = {d: sum(gap(m) - gap(f"{m} - {d}") for m in fused) / len(fused) for d in MODALITIES}
+    order = sorted(MODALITIES, key=lambda d: -cost[d])
+    # The share of classes whose evidence is in rgb: visual, cross-modal and temporal kinds.
+    block = synthetic._KIND_BLOCK
+
+    def share(kinds):
+        return sum(block.count(synthetic.KINDS.index(k)) for k in kinds) / len(block)
+
+    rgb_share = share(RGB_KINDS)
+    text.append(
+        f"Removing {order[0]} costs the most (GAP {cost[order[0]]:.3f} on average over the four "
+        f"fusions), then {order[1]} ({cost[order[1]]:.3f}) and {order[2]} ({cost[order[2]]:.3f})"
+        + (
+            f": {rgb_share:.0%} of the classes (visual, cross-modal, temporal) need rgb."
+            if order[0] == "rgb"
+            else "."
+        )
+    )
+    late = "multimodal late"
+    if gap(late, "cross_modal") <= min(gap(late, "visual"), gap(late, "audio")):
+        helped = gap(f"{late} - audio") > gap(late)
+        text.append(
+            "Late fusion averages per-modality logits, so one modality's features never "
+            "condition the other's, and it does worst where both are needed: its cross-modal "
+            f"GAP ({gap(late, 'cross_modal'):.3f}) is no better than its "
+            f"weaker single-modality kind (audio {gap(late, 'audio'):.3f})"
+            + (
+                f", and removing audio even raises its GAP "
+                f"({gap(late):.3f} -> {gap(late + ' - audio'):.3f})."
+                if helped
+                else "."
+            )
+        )
+    bottleneck = "multimodal bottleneck"
+    if gap(bottleneck) < gap(top) and spread >= 0.02:
+        text.append(
+            f"The MBT bottleneck, which lets modalities exchange information only through a few "
+            f"shared tokens, trails {name(top)} by {gap(top) - gap(bottleneck):.3f} GAP at "
+            f"this budget and trains at {by[bottleneck]['examples_per_s']:.0f} ex/s against "
+            f"{name(top)}'s {by[top]['examples_per_s']:.0f}."
+        )
+    if singles:
+        best_single = max(singles, key=gap)
+        if gap(best_single) > gap(overall):
+            edge = gap(overall, "text") - gap(best_single, "text")
+            text.append(
+                f"No multimodal model beats the best single-encoder model ({best_single}, GAP "
+                f"{gap(best_single):.3f}) overall: the visual and audio kinds, "
+                f"{share(('visual', 'audio')):.0%} of the classes, need no more than its mean "
+                "rgb and audio features"
+                + (
+                    f"; the multimodal models' edge is the text kind, whose tokens {best_single} "
+                    f"does not see ({name(overall)} {gap(overall, 'text'):.3f} vs "
+                    f"{gap(best_single, 'text'):.3f})."
+                    if edge > 0.02
+                    else "."
+                )
+            )
+    if budget == "quick":
+        text.append(
+            "At this budget most multimodal rows are undertrained; the full table "
+            "(`python benchmarks/zoo.py`) is the one to draw conclusions from."
+        )
+    return " ".join(text)
+
+
+def findings(rows: list[dict], oracle: dict, budget: str) -> list[str]:
     """Plain statements, each citing the numbers of the table it rests on."""
     by = {r["label"]: r for r in rows}
     out = []
@@ -338,11 +462,25 @@ def findings(rows: list[dict], oracle: dict) -> list[str]:
             f"(SGD over {by['logistic']['train_videos']:,} videos)."
         )
     weak = [r["label"] for r in rows if r["gap"] < 0.5 * best["gap"]]
+    # Without rgb a model cannot see the visual or cross-modal classes: low by construction.
+    blind = [m for m in weak if m.endswith(" - rgb")]
+    weak = [m for m in weak if m not in blind]
+    if blind:
+        out.append(
+            f"- {len(blind)} rows reach under half the best GAP because they lack rgb, which "
+            f"the visual and cross-modal classes need ({', '.join(blind)}); their text column "
+            "is the one to read."
+        )
     if weak:
+        further = (
+            "compare them at the full budget (`python benchmarks/zoo.py`)"
+            if budget == "quick"
+            else "more steps (--config.num_train_steps) would show whether they catch up"
+        )
         out.append(
             f"- Caveat: {len(weak)} of {len(rows)} rows reach under half the best GAP at this "
             f"budget ({', '.join(weak)}): undertrained, so their columns say little about the "
-            "architecture; compare them at the full budget."
+            f"architecture; {further}."
         )
     return out
 
