@@ -29,7 +29,7 @@ import numpy as np
 FORMAT = "vmjax.export"
 FORMAT_VERSION = 1
 # Keys of a pipeline batch that model_inputs reads (vmjax.train.step), in a fixed order.
-MODEL_INPUT_KEYS = ("rgb", "audio", "mask", "text_tokens", "text_mask")
+MODEL_INPUT_KEYS = ("pixels", "rgb", "audio", "mask", "text_tokens", "text_mask")
 # Keys a pipeline batch also carries that the model never reads: accepted and ignored by load.
 PIPELINE_ONLY_KEYS = ("labels", "weights", "num_frames", "ids")
 BATCH = "b"  # the symbolic batch dimension's name in the header
@@ -82,13 +82,17 @@ def export(
     except FileNotFoundError as e:
         raise ExportError(str(e)) from None
     d = config.data
+    if d.format == "video_files":  # decoded clips: uint8 pixels [b, frames, size, size, 3]
+        level = "pixels"
+        example = pipeline.config_example_batch(d)
+    else:
+        level = d.level
+        example = pipeline.example_batch(pipeline.BatchSpec.from_config(d).for_eval())
     log(
-        f"Run {workdir}: model {config.model.name}, {d.level}-level data, "
+        f"Run {workdir}: model {config.model.name}, {level}-level data, "
         f"{d.num_classes} classes; restored {os.path.join(ckpt_dir, str(step))} "
         f"(step {step} of {config.num_train_steps})"
     )
-    spec = pipeline.BatchSpec.from_config(d).for_eval()
-    example = pipeline.example_batch(spec)
     variables = {"params": state.params, **state.model_state}
     flat, treedef = jax.tree_util.tree_flatten_with_path(variables)
     leaves = []
@@ -136,7 +140,7 @@ def export(
         "vmjax_version": __version__,
         "jax_version": jax.__version__,
         "model": config.model.name,
-        "data_level": d.level,
+        "data_level": level,  # 'frame' | 'video' (YT8M features) | 'pixels' (decoded clips)
         "num_classes": d.num_classes,
         "step": step,
         "dtype": config.dtype,
@@ -169,6 +173,10 @@ def export(
 
 def _class_name_source(config) -> str | None:
     d = config.data
+    if d.format == "video_files":
+        if d.vocabulary:
+            return d.vocabulary
+        return None if d.train_pattern else "vmjax.data.synthetic_video.CLASSES"
     if not d.train_pattern:
         return "vmjax embedded dataset: vmjax.data.synthetic.load_class_names() (2018 vocabulary)"
     known = {3862: "YouTube-8M 2018 vocabulary.csv", 4716: "YouTube-8M 2017 vocabulary.csv"}

@@ -1,5 +1,6 @@
 """Training on raw pixels through the normal trainer: synthetic mp4s -> ViViT / CNN+LSTM."""
 
+import csv
 import importlib.util
 import json
 import logging
@@ -13,9 +14,10 @@ import numpy as np
 import pytest
 
 from tests.train.test_loop import override
+from vmjax import export
 from vmjax.data import synthetic_video, video_files, yt8m
 from vmjax.models import build_model
-from vmjax.train import loop
+from vmjax.train import inference, loop
 from vmjax.train.step import model_inputs
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -81,6 +83,30 @@ def test_pixel_model_trains_evaluates_checkpoints_and_resumes(cache_dir, tmp_pat
     assert "Resuming from checkpoint" in caplog.text
     assert [m["step"] for m in _metrics(workdir)] == [2, 4, 6]
     assert longer["step"] == 6
+
+    # --mode predict and the exported model score the same decoded clips alike.
+    config = _small(cache_dir, model, num_train_steps=6)
+    predictions = inference.predict(config, workdir, top_k_jsonl=True)
+    with open(predictions) as f:
+        rows = {r[0]: r[1].split() for r in list(csv.reader(f))[1:]}
+    assert len(rows) == 6
+    with open(predictions.replace(".csv", ".jsonl")) as f:
+        top = [json.loads(line)["top"][0] for line in f]
+    assert all(t["name"] == synthetic_video.CLASSES[t["index"]] for t in top)
+    path = str(tmp_path / "model.bin")
+    header = export.export(workdir, path, platforms=("cpu",), log=lambda _: None)
+    assert header["data_level"] == "pixels"
+    assert [i["name"] for i in header["inputs"]] == ["pixels", "mask"]
+    assert header["inputs"][0]["shape"] == ["b", 4, 32, 32, 3]
+    assert header["class_names"] == "vmjax.data.synthetic_video.CLASSES"
+    _, eval_files, _ = loop.resolve_data(config)
+    batch = next(loop.eval_stream(config, None, eval_files, 8))
+    scores = export.load(path)(batch)
+    for r in np.flatnonzero(batch["weights"]):
+        pairs = rows[batch["ids"][r]]
+        classes, csv_scores = np.array(pairs[::2], int), np.array(pairs[1::2], float)
+        np.testing.assert_allclose(scores[r, classes], csv_scores, atol=2e-6)
+        assert classes[0] == np.argmax(scores[r])
 
 
 def test_resumed_run_reads_the_same_batches_as_an_uninterrupted_one(cache_dir, tmp_path):

@@ -37,6 +37,20 @@ def restore(config: ml_collections.ConfigDict, workdir: str, step: int | None = 
     return par, par.put_state(state), step
 
 
+def class_names(config: ml_collections.ConfigDict, data_dir: str | None) -> list[str]:
+    """Names by class index ('' where unknown): a video-file run's vocabulary CSV, else what
+    the data directory or the class count tells (synthetic.class_names)."""
+    d = config.data
+    if d.format == "video_files" and d.get("vocabulary"):
+        from vmjax.data import video_files
+
+        names = [""] * d.num_classes
+        for name, index in video_files.read_vocabulary(d.vocabulary, d.num_classes).items():
+            names[index] = name
+        return names
+    return synthetic.class_names(data_dir, d.num_classes)
+
+
 def evaluate_checkpoint(
     config: ml_collections.ConfigDict, workdir: str, step: int | None = None
 ) -> dict:
@@ -58,7 +72,7 @@ def evaluate_checkpoint(
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, f"step_{step}.json"), "w") as f:
             json.dump(result, f, indent=2)
-        names = synthetic.class_names(data_dir, config.data.num_classes)
+        names = class_names(config, data_dir)
         with open(os.path.join(out, f"per_class_ap_step_{step}.csv"), "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["Index", "Name", "Positives", "AP"])
@@ -80,9 +94,10 @@ def predict(
         raise NotImplementedError("--mode predict runs in one process (video ids stay local)")
     par, state, step = restore(config, workdir, step)
     _, eval_files, data_dir = loop.resolve_data(config)
-    spec = pipeline.BatchSpec.from_config(config.data)
+    video = config.data.format == "video_files"  # decoded clips: no feature BatchSpec
+    spec = None if video else pipeline.BatchSpec.from_config(config.data)
     out = out or os.path.join(workdir, f"predictions_step_{step}.csv")
-    names = synthetic.class_names(data_dir, config.data.num_classes) if top_k_jsonl else None
+    names = class_names(config, data_dir) if top_k_jsonl else None
     tmp = out + ".tmp"
     jsonl = open(os.path.splitext(out)[0] + ".jsonl.tmp", "w") if top_k_jsonl else None
     rows = 0
