@@ -342,3 +342,83 @@ def test_segment_map_by_hand_and_unrated_classes_do_not_count():
     # With k=1 the positive is cut off: AP 0.
     assert metrics.segment_map(scores, positive, classes, k=1) == 0.0
     assert metrics.segment_map([], [], []) == 0.0
+
+
+# --- Retrieval ranks and R@k.
+
+
+def _ref_ranks(similarity, targets):
+    """Rank of the correct item, ties counted against it: 1 + items other than it scoring >=."""
+    ranks = []
+    for row, t in zip(similarity.tolist(), targets, strict=True):
+        ranks.append(1 + sum(1 for j, s in enumerate(row) if j != t and s >= row[t]))
+    return np.array(ranks)
+
+
+def test_retrieval_hand_built_with_ties_both_directions():
+    sim = np.array([[0.9, 0.1, 0.3], [0.5, 0.5, 0.2], [0.7, 0.8, 0.6]], np.float32)
+    # text->video: row 0 first; row 1 ties with item 0 (counted against: rank 2); row 2 third.
+    np.testing.assert_array_equal(metrics.retrieval_ranks(sim), [1, 2, 3])
+    # video->text (the transpose): 0.9 first; 0.5 below 0.8; 0.6 above 0.3 and 0.2.
+    np.testing.assert_array_equal(metrics.retrieval_ranks(sim.T), [1, 2, 1])
+    out = metrics.text_video_retrieval(sim)
+    assert out["text_to_video/r@1"] == pytest.approx(1 / 3)
+    assert out["text_to_video/r@5"] == out["text_to_video/r@10"] == 1.0
+    assert out["text_to_video/median_rank"] == 2.0
+    assert out["text_to_video/mean_rank"] == 2.0
+    assert out["video_to_text/r@1"] == pytest.approx(2 / 3)
+    assert out["video_to_text/median_rank"] == 1.0
+    assert out["video_to_text/mean_rank"] == pytest.approx(4 / 3)
+    assert out["video_to_text/num_queries"] == 3
+
+
+def test_retrieval_all_equal_scores_rank_last():
+    ranks = metrics.retrieval_ranks(np.zeros((4, 4)))
+    np.testing.assert_array_equal(ranks, [4, 4, 4, 4])
+    assert metrics.retrieval_metrics(np.zeros((4, 4)))["r@1"] == 0.0
+
+
+def test_retrieval_r_at_k_counts_ranks_up_to_k():
+    # Query i's correct item (the diagonal) scores below exactly i others: rank i + 1.
+    n = 12
+    sim = np.zeros((n, n))
+    for i in range(n):
+        others = [j for j in range(n) if j != i]
+        sim[i, others[:i]] = 2.0
+        sim[i, i] = 1.0
+    np.testing.assert_array_equal(metrics.retrieval_ranks(sim), np.arange(1, n + 1))
+    out = metrics.retrieval_metrics(sim)
+    assert out["r@1"] == pytest.approx(1 / 12)
+    assert out["r@5"] == pytest.approx(5 / 12)
+    assert out["r@10"] == pytest.approx(10 / 12)
+    assert out["median_rank"] == 6.5 and out["mean_rank"] == 6.5
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_retrieval_ranks_with_targets_match_a_plain_loop(seed):
+    rng = np.random.default_rng(seed)
+    sim = rng.integers(0, 4, (9, 20)).astype(np.float64)  # few levels: many ties
+    targets = rng.integers(0, 20, 9)
+    ranks = metrics.retrieval_ranks(sim, targets)
+    np.testing.assert_array_equal(ranks, _ref_ranks(sim, targets))
+    out = metrics.retrieval_metrics(sim, targets, ks=(1, 3))
+    assert out["r@3"] == pytest.approx(np.mean(_ref_ranks(sim, targets) <= 3))
+    assert sorted(out) == ["mean_rank", "median_rank", "num_queries", "r@1", "r@3"]
+
+
+def test_retrieval_float64_scores_are_not_rounded_into_ties():
+    sim = np.array([[1.0, 1.0 + 1e-12]])  # equal in float32, not in float64
+    np.testing.assert_array_equal(metrics.retrieval_ranks(sim, [1]), [1])
+
+
+def test_retrieval_rejects_bad_inputs():
+    with pytest.raises(ValueError, match="similarity contains NaN"):
+        metrics.retrieval_ranks(np.array([[1.0, np.nan], [0.0, 1.0]]))
+    with pytest.raises(ValueError, match=r"targets must lie in \[0, 2\)"):
+        metrics.retrieval_ranks(np.eye(2), [0, 2])
+    with pytest.raises(ValueError, match="targets must be 2 integer item indices"):
+        metrics.retrieval_ranks(np.eye(2), [0.0, 1.0])
+    with pytest.raises(ValueError, match="diagonal ground truth needs items >= queries"):
+        metrics.retrieval_ranks(np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="must be square"):
+        metrics.text_video_retrieval(np.zeros((2, 3)))

@@ -10,6 +10,8 @@ equals the starter's value in expectation. Tie rules, all documented here:
 - Hit@1: share of positives among the tied maxima.
 - PERR: hits strictly above the n-th score plus, for the remaining slots, the
   share of hits in the tie group at the n-th score.
+- Retrieval ranks (R@k, median/mean rank): pessimistic, ties count against the
+  correct item (see `retrieval_ranks`).
 Scores must not be NaN.
 """
 
@@ -378,3 +380,83 @@ def segment_map(
     sums = _expected_ap_sums(key, num_classes)
     rated = positives > 0
     return float(np.mean(sums[rated] / positives[rated])) if rated.any() else 0.0
+
+
+# --- Retrieval: rank the correct item of each query among all items by similarity.
+
+RECALL_KS = (1, 5, 10)
+
+
+def retrieval_ranks(similarity: np.ndarray, targets: np.ndarray | None = None) -> np.ndarray:
+    """1-based rank of each query's correct item in `similarity: [queries, items]`.
+
+    targets: the correct item index per query (default: the diagonal, query i <-> item i).
+    Ties count against the query (pessimistic): rank = number of items scoring >= the correct
+    one, itself included, so a model that scores everything equal ranks last, not first.
+    """
+    similarity = np.asarray(similarity)  # no cast: float32 could tie float64 scores
+    if similarity.ndim != 2:
+        raise ValueError(
+            f"retrieval_ranks: similarity must be [queries, items]; got {similarity.shape}"
+        )
+    num_queries, num_items = similarity.shape
+    if targets is None:
+        if num_items < num_queries:
+            raise ValueError(
+                f"retrieval_ranks: a diagonal ground truth needs items >= queries; got "
+                f"similarity {similarity.shape} (pass targets)"
+            )
+        targets = np.arange(num_queries)
+    targets = np.asarray(targets).reshape(-1)
+    if len(targets) != num_queries or not np.issubdtype(targets.dtype, np.integer):
+        raise ValueError(
+            f"retrieval_ranks: targets must be {num_queries} integer item indices; got "
+            f"{targets.dtype} {targets.shape}"
+        )
+    if num_queries and (targets.min() < 0 or targets.max() >= num_items):
+        raise ValueError(f"retrieval_ranks: targets must lie in [0, {num_items}); got {targets}")
+    if np.isnan(similarity).any():
+        raise ValueError("retrieval_ranks: similarity contains NaN")
+    ranks = np.empty(num_queries, np.int64)
+    # Row chunks keep the [chunk, items] comparison small for big query sets.
+    for start in range(0, num_queries, _CHUNK_ROWS):
+        rows = similarity[start : start + _CHUNK_ROWS]
+        correct = rows[np.arange(len(rows)), targets[start : start + _CHUNK_ROWS]]
+        ranks[start : start + len(rows)] = np.count_nonzero(rows >= correct[:, None], axis=1)
+    return ranks
+
+
+def retrieval_metrics(
+    similarity: np.ndarray, targets: np.ndarray | None = None, ks: tuple[int, ...] = RECALL_KS
+) -> dict[str, float]:
+    """R@k (share of queries whose correct item ranks <= k), median and mean rank (1-based).
+
+    Ranks as in `retrieval_ranks` (ties pessimistic). Keys: 'r@1', 'r@5', 'r@10',
+    'median_rank', 'mean_rank', 'num_queries'.
+    """
+    ranks = retrieval_ranks(similarity, targets)
+    if ranks.size == 0:
+        raise ValueError("retrieval_metrics: no queries")
+    out = {f"r@{k}": float(np.mean(ranks <= k)) for k in ks}
+    out["median_rank"] = float(np.median(ranks))
+    out["mean_rank"] = float(np.mean(ranks))
+    out["num_queries"] = int(ranks.size)
+    return out
+
+
+def text_video_retrieval(similarity: np.ndarray, ks: tuple[int, ...] = RECALL_KS) -> dict:
+    """Both directions from `similarity: [texts, videos]`, text i describing video i.
+
+    Keys are `retrieval_metrics`' prefixed by 'text_to_video/' (rows as queries) and
+    'video_to_text/' (the transpose).
+    """
+    similarity = np.asarray(similarity)
+    if similarity.ndim != 2 or similarity.shape[0] != similarity.shape[1]:
+        raise ValueError(
+            f"text_video_retrieval: similarity must be square [texts, videos] with pair i on "
+            f"the diagonal; got {similarity.shape}"
+        )
+    out = {}
+    for direction, sim in (("text_to_video", similarity), ("video_to_text", similarity.T)):
+        out |= {f"{direction}/{k}": v for k, v in retrieval_metrics(sim, ks=ks).items()}
+    return out

@@ -1,0 +1,205 @@
+"""Text-video retrieval: a two-tower joint embedding and the symmetric InfoNCE loss (CLIP).
+
+The video tower encodes rgb and audio frames with the encoders the `Multimodal` classifier uses
+(a ViViT over rgb frames, an LSTM over audio frames) and fuses them with one of its fusion
+modules; the text tower is the classifier's LSTM `TextEncoder`. Each tower ends in a linear
+projection to `embed_dim` and L2 normalisation, so a dot product is a cosine similarity. A
+learned temperature multiplies the similarities before the softmax: `log_scale` starts at
+log(1 / 0.07) and the scale is clipped at 100 (CLIP, Radford et al. 2021).
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vmjax.models.encoders import AudioEncoder, TextEncoder, frame_tokens
+from vmjax.models.fusion import BottleneckFusion, ConcatFusion, GatedFusion
+from vmjax.models.vivit import ViViTEncoder
+
+VIDEO_MODALITIES = ("rgb", "audio")
+VIDEO_FUSIONS = ("concat", "gated", "bottleneck")
+INIT_LOG_SCALE = math.log(1 / 0.07)  # CLIP's initial temperature 0.07
+MAX_LOG_SCALE = math.log(100.0)  # CLIP clips the logit scale at 100
+_NORM_EPS = 1e-12
+
+
+def l2_normalize(x: jax.Array) -> jax.Array:
+    """`x / ||x||` over the last axis in float32; a zero vector stays zero."""
+    x = x.astype(jnp.float32)
+    squared = jnp.sum(x * x, axis=-1, keepdims=True)
+    return x * jax.lax.rsqrt(jnp.maximum(squared, _NORM_EPS**2))
+
+
+class VideoTower(nn.Module):
+    """rgb ViViT and audio LSTM fused like `Multimodal` (without its head) -> `[B, D_fused]`.
+
+    concat: the modality embeddings side by side; gated: their softmax-gated sum; bottleneck:
+    MBT over the ViViT frame tokens and LSTM outputs, the mean of the modalities' CLS outputs.
+    """
+
+    hidden_size: int  # audio LSTM width and the fusion width
+    vivit: dict  # ViViTEncoder fields for the rgb encoder
+    fusion: str  # concat | gated | bottleneck
+    modalities: str  # comma-separated subset of rgb,audio
+    fusion_layers: int  # bottleneck: transformer layers per modality
+    fusion_layer: int  # bottleneck: first layer that exchanges through bottlenecks
+    num_bottlenecks: int
+
+    @nn.compact
+    def __call__(self, inputs: dict[str, jax.Array], *, train: bool) -> jax.Array:
+        names = [m.strip() for m in self.modalities.split(",") if m.strip()]
+        if not names or set(names) - set(VIDEO_MODALITIES):
+            raise ValueError(
+                f"JointEmbedding modalities={self.modalities!r}: choose from {VIDEO_MODALITIES} "
+                "(text has its own tower)"
+            )
+        if self.fusion not in VIDEO_FUSIONS:
+            raise ValueError(
+                f"JointEmbedding fusion={self.fusion!r} is unknown; expected one of {VIDEO_FUSIONS}"
+            )
+        mask = inputs["mask"]
+        tokens, embeddings = {}, {}
+        if "rgb" in names:
+            embeddings["rgb"], rgb_tokens = ViViTEncoder(**self.vivit, name="rgb")(
+                inputs["rgb"], mask, train=train, return_tokens=True
+            )
+            tokens["rgb"] = frame_tokens(rgb_tokens, mask)
+        if "audio" in names:
+            tokens["audio"], embeddings["audio"] = AudioEncoder(self.hidden_size, name="audio")(
+                inputs["audio"], mask, train=train
+            )
+        if self.fusion == "concat":
+            return ConcatFusion()(embeddings)
+        if self.fusion == "gated":
+            return GatedFusion(self.hidden_size, name="gated")(embeddings)
+        projected = {
+            m: nn.Dense(self.hidden_size, name=f"{m}_tokens")(t) for m, t in tokens.items()
+        }
+        fused = BottleneckFusion(
+            num_layers=self.fusion_layers,
+            fusion_layer=self.fusion_layer,
+            num_heads=max(1, self.hidden_size // 64),
+            mlp_dim=2 * self.hidden_size,
+            num_bottlenecks=self.num_bottlenecks,
+            name="mbt",
+        )(projected, {m: mask for m in projected}, train=train)
+        return jnp.mean(jnp.stack([fused[m] for m in sorted(fused)]), axis=0)
+
+
+class JointEmbedding(nn.Module):
+    """Video and text towers into one `embed_dim` space of unit vectors, plus a learned scale.
+
+    `__call__(inputs, train=...)` -> {'video': [B, E], 'text': [B, E], 'log_scale': []} from
+    `inputs` with rgb/audio `[B, T, F]`, mask `[B, T]`, text_tokens and text_mask `[B, L]`.
+    `embed_video` / `embed_text` run one tower only, e.g. to fill an index or embed queries:
+    `model.apply(variables, tokens, mask, train=False, method=JointEmbedding.embed_text)`.
+    """
+
+    embed_dim: int  # the joint space's width
+    hidden_size: int  # audio/text LSTM width and the video fusion width
+    vivit: dict  # ViViTEncoder fields for the rgb encoder
+    text_vocab_size: int
+    text_embed_dim: int  # token embedding width
+    fusion: str  # video tower: concat | gated | bottleneck
+    modalities: str  # video tower inputs: comma-separated subset of rgb,audio
+    fusion_layers: int  # bottleneck: transformer layers per modality
+    fusion_layer: int  # bottleneck: first layer that exchanges through bottlenecks
+    num_bottlenecks: int
+
+    def setup(self):
+        self.video_tower = VideoTower(
+            self.hidden_size,
+            self.vivit,
+            self.fusion,
+            self.modalities,
+            self.fusion_layers,
+            self.fusion_layer,
+            self.num_bottlenecks,
+        )
+        self.video_projection = nn.Dense(self.embed_dim)
+        self.text_tower = TextEncoder(self.text_vocab_size, self.text_embed_dim, self.hidden_size)
+        self.text_projection = nn.Dense(self.embed_dim)
+        self.log_scale = self.param("log_scale", nn.initializers.constant(INIT_LOG_SCALE), ())
+
+    def scale(self) -> jax.Array:
+        """The similarity scale the loss applies, `logit_scale(log_scale)`."""
+        return logit_scale(self.log_scale)
+
+    def embed_video(self, inputs: dict[str, jax.Array], *, train: bool) -> jax.Array:
+        """Unit-norm video embeddings `[B, embed_dim]` (float32)."""
+        return l2_normalize(self.video_projection(self.video_tower(inputs, train=train)))
+
+    def embed_text(self, tokens: jax.Array, mask: jax.Array, *, train: bool) -> jax.Array:
+        """Unit-norm text embeddings `[B, embed_dim]` (float32) of `tokens`, `mask`: `[B, L]`."""
+        _, final = self.text_tower(tokens, mask, train=train)
+        return l2_normalize(self.text_projection(final))
+
+    def __call__(self, inputs: dict[str, jax.Array], *, train: bool) -> dict[str, jax.Array]:
+        return {
+            "video": self.embed_video(inputs, train=train),
+            "text": self.embed_text(inputs["text_tokens"], inputs["text_mask"], train=train),
+            "log_scale": self.log_scale,
+        }
+
+
+def logit_scale(log_scale: jax.Array) -> jax.Array:
+    """exp(log_scale) clipped at 100; no gradient flows to log_scale above the clip."""
+    return jnp.exp(jnp.minimum(jnp.asarray(log_scale, jnp.float32), MAX_LOG_SCALE))
+
+
+def infonce_loss(
+    video_emb: jax.Array,
+    text_emb: jax.Array,
+    log_scale: jax.Array,
+    axis_name: str | tuple[str, ...] | None = None,
+) -> jax.Array:
+    """Symmetric InfoNCE: the mean of video->text and text->video softmax cross-entropies.
+
+    With logits s * V T^T (s = `logit_scale(log_scale)`), pair i's positive is column i and the
+    other texts (videos) of the batch are its negatives. Embeddings `[B, E]` should be unit norm.
+
+    axis_name: None under `jax.jit` on global arrays (one device or a sharded `Mesh`, where
+      XLA inserts the collectives itself). Inside `jax.shard_map` (or `pmap`) over a data axis
+      (a name or a tuple of names, e.g. ('data', 'fsdp')), this device's rows are
+      contrasted with the whole global batch: both embeddings are all-gathered over the axis
+      (all devices must hold the same number of rows, in axis-index order) and the loss is
+      averaged over it, so the value equals the single-device loss on the global batch.
+    Gradients: all_gather's transpose is a reduce-scatter (psum_scatter), so the cotangent of
+    each local embedding sums what every device's rows contribute through it; nothing else is
+    needed. Under `jax.shard_map` (with its default varying-axes checks) the gradients of this
+    loss are the global-batch gradients, whether the grad is taken outside the shard_map or
+    inside it (w.r.t. replicated parameters they come out complete, no psum needed). `jax.pmap`
+    has no such types: each device differentiates the averaged loss as if it were its own, so
+    per-device parameter gradients must be `lax.pmean`-ed (as for any data-parallel mean loss,
+    or, as vmjax.train.step does, psum the gradients of `loss * local_batch` and divide by the
+    global batch) and gradients w.r.t. the local rows come out `axis_size` times too large.
+    """
+    video_emb = video_emb.astype(jnp.float32)
+    text_emb = text_emb.astype(jnp.float32)
+    if video_emb.shape != text_emb.shape or video_emb.ndim != 2:
+        raise ValueError(
+            f"infonce_loss: video_emb and text_emb must both be [batch, dim]; got "
+            f"{video_emb.shape} and {text_emb.shape}"
+        )
+    local = video_emb.shape[0]
+    if axis_name is None:
+        all_video, all_text, offset = video_emb, text_emb, 0
+    else:
+        all_video = jax.lax.all_gather(video_emb, axis_name, tiled=True)
+        all_text = jax.lax.all_gather(text_emb, axis_name, tiled=True)
+        offset = jax.lax.axis_index(axis_name) * local
+    scale = logit_scale(log_scale)
+    positives = offset + jnp.arange(local)
+    video_to_text = scale * video_emb @ all_text.T  # [local, global]
+    text_to_video = scale * text_emb @ all_video.T
+
+    def cross_entropy(logits: jax.Array) -> jax.Array:
+        correct = jnp.take_along_axis(logits, positives[:, None], axis=1)[:, 0]
+        return jnp.mean(jax.nn.logsumexp(logits, axis=1) - correct)
+
+    loss = 0.5 * (cross_entropy(video_to_text) + cross_entropy(text_to_video))
+    return loss if axis_name is None else jax.lax.pmean(loss, axis_name)
