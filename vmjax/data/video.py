@@ -25,8 +25,8 @@ SAMPLINGS = ("uniform", "stride", "fps")
 CROPS = ("center", "random")
 
 # VGGish's vggish_params.py: the log-mel front end its weights were trained with.
-_WINDOW_SECONDS = 0.025
-_HOP_SECONDS = 0.010
+WINDOW_SECONDS = 0.025
+HOP_SECONDS = 0.010
 _NUM_MEL_BINS = 64
 _MEL_MIN_HZ = 125.0
 _MEL_MAX_HZ = 7500.0
@@ -117,8 +117,8 @@ def log_mel(waveform: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     x = np.asarray(waveform, np.float64)
     if x.ndim != 1:
         raise ValueError(f"log_mel: expected a mono waveform [samples], got shape {x.shape}")
-    window = round(sample_rate * _WINDOW_SECONDS)
-    hop = round(sample_rate * _HOP_SECONDS)
+    window = round(sample_rate * WINDOW_SECONDS)
+    hop = round(sample_rate * HOP_SECONDS)
     fft_length = 2 ** math.ceil(math.log2(window))
     if x.shape[0] < window:
         return np.zeros([0, _EXAMPLE_FRAMES, _NUM_MEL_BINS], np.float32)
