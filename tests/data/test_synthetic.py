@@ -1,9 +1,12 @@
 """The embedded dataset: real format, real label sets, each kind's evidence where it should be."""
 
+import collections
 import csv
 import glob
+import hashlib
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -260,3 +263,73 @@ def test_ensure_tolerates_a_concurrent_writer(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert seen == out and open(os.path.join(out, "manifest.json")).read() == first
     assert os.listdir(tmp_path) == [os.path.basename(out)]  # no temporary directory left
+
+
+# sha256 (as in tests/data/test_captions.py) of SPEC's dataset without captions/, written by
+# the generator before captions existed (git 3f66a50).
+DIGEST_BEFORE_CAPTIONS = "bf8ee8a08c3466388b2c3f40883fc4a937ea7bd1489fb10b978dc6d84d25b125"
+
+
+def test_captions_leave_every_other_file_byte_identical(data_dir):
+    h = hashlib.sha256()
+    for root, dirs, files in sorted(os.walk(data_dir)):
+        dirs.sort()
+        if os.path.relpath(root, data_dir).split(os.sep)[0] == "captions":
+            continue
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            data = open(path, "rb").read()
+            if name == "manifest.json":  # its generation time differs from run to run
+                manifest = json.loads(data)
+                manifest.pop("seconds")
+                data = json.dumps(manifest, sort_keys=True).encode()
+            h.update(os.path.relpath(path, data_dir).encode() + b"\0" + data)
+    assert h.hexdigest() == DIGEST_BEFORE_CAPTIONS
+    assert sorted(os.listdir(os.path.join(data_dir, "captions"))) == ["train.csv", "validate.csv"]
+    for split, n in [("train", 120), ("validate", 60)]:
+        rows = list(csv.reader(open(os.path.join(data_dir, "captions", f"{split}.csv"))))
+        assert rows[0] == ["id", "caption"] and len(rows) == n + 1
+
+
+def _words(s):
+    return re.findall(r"\w+", s.lower())
+
+
+def test_caption_words_other_than_names_are_no_class_name_words():
+    name_words = {w for n in synthetic.load_class_names() for w in _words(n)}
+    lists = synthetic.CAPTION_FILLERS + synthetic.CAPTION_DISTRACTORS + synthetic.CAPTION_NOUNS
+    templates = synthetic.CAPTION_OPENINGS + synthetic.CAPTION_RESTS
+    own = {w for t in lists + templates for w in _words(t.format(noun="", main="", rest=""))}
+    # Only function words, and "video" of the brief's "a video of X", are shared with names.
+    assert own & name_words == {"a", "and", "in", "of", "the", "with", "video"}
+    assert not set(synthetic.CAPTION_DISTRACTORS) & name_words
+
+
+def test_make_caption_names_every_class_once_among_paraphrase_words():
+    names = ["Pokémon (video game series)", "Dog", "", "Nike, Inc.", "Dog", "Call of Duty: Ghosts"]
+    wanted = collections.Counter(
+        _words("pokémon video game series dog nike inc call of duty ghosts")
+    )
+    extra = set(synthetic.CAPTION_FILLERS + synthetic.CAPTION_NOUNS)
+    extra |= {"a", "of", "showing", "in", "and", "with", "the", "background", "also", "featuring"}
+    captions, firsts = set(), set()
+    for seed in range(200):
+        caption = synthetic.make_caption(np.random.default_rng(seed), names)
+        assert caption == synthetic.make_caption(np.random.default_rng(seed), names)
+        words = collections.Counter(_words(caption))
+        assert not wanted - words, caption  # each name whole, the repeated "Dog" once
+        assert words["dog"] == 1 and "(video game series)" in caption and "nike, inc." in caption
+        distractors = [w for w in words.elements() if w in synthetic.CAPTION_DISTRACTORS]
+        assert 1 <= len(distractors) <= 3 and len(set(distractors)) == len(distractors)
+        assert set(words) <= set(wanted) | extra | set(distractors), caption
+        captions.add(caption)
+        firsts.add(_words(caption)[0])
+    assert len(captions) == 200 and len(firsts) > 10  # word order varies
+    for seed in range(20):
+        caption = synthetic.make_caption(np.random.default_rng(seed), ["", ""])
+        text = next(
+            p.strip()
+            for p in caption.split(",")
+            if p.split()[0] not in synthetic.CAPTION_DISTRACTORS
+        )
+        assert text.startswith("a ") and text.split()[-1] in synthetic.CAPTION_NOUNS

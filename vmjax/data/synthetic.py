@@ -16,6 +16,25 @@ Observed labels add noise (dropped labels, spurious labels drawn by class
 frequency). The oracle scores each class by its probability of being observed
 given the clean events, so `oracle.json` holds the achievable GAP.
 
+Captions (text-to-video retrieval ground truth): `captions/<split>.csv` holds one
+`id,caption` row per video, in id order. A caption is made from the video's clean
+(generating) labels, never the noisy observed ones, by `make_caption`:
+
+1. names: the 2018 vocabulary names of the clean classes in class order, lowercased,
+   duplicates and unnamed classes (56 vocabulary entries have no name) left out, then
+   shuffled;
+2. noun: one of CAPTION_NOUNS, preceded by one of CAPTION_FILLERS with probability 1/2;
+3. the first k names (k uniform in 1..min(2, #names)) fill one of CAPTION_OPENINGS, the
+   rest (if any) one of CAPTION_RESTS appended to it; a name list reads "x", "x and y"
+   or "x, y and z"; a video without names gets "a {noun}";
+4. 1 to 3 distinct CAPTION_DISTRACTORS words (no word of any class name), joined by
+   spaces, go before the text ("w1 w2, text") or after it ("text, w1 w2"), 1/2 each.
+
+Every choice is uniform. Captions draw from their own stream, numpy's Generator seeded
+with (seed, 1009, split index, shard), one caption per video in shard order, so adding
+them left every other file byte-identical; `vmjax.data.captions.ensure_captions` replays
+the generator to add them to datasets generated before captions existed.
+
     python -m vmjax.data.synthetic --out DIR [--num_train 20000 ...]
 """
 
@@ -31,7 +50,7 @@ import multiprocessing
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -45,6 +64,46 @@ KINDS = ("visual", "audio", "cross_modal", "temporal", "text")
 _KIND_BLOCK = (0,) * 8 + (1,) * 4 + (2,) * 4 + (3,) * 2 + (4,) * 2
 SPLITS = ("train", "validate")
 LEVELS = ("frame", "video")
+CAPTIONS_DIR = "captions"
+CAPTION_NOUNS = ("video", "clip", "footage", "recording")
+CAPTION_FILLERS = ("short", "amateur", "homemade", "long", "quick", "shaky", "grainy", "nice")
+CAPTION_OPENINGS = (
+    "a {noun} of {main}",
+    "{noun} showing {main}",
+    "{main} in a {noun}",
+    "{main}, {noun}",
+)
+CAPTION_RESTS = (
+    " and {rest}",
+    ", with {rest} in the background",
+    ", also {rest}",
+    " featuring {rest}",
+)
+CAPTION_DISTRACTORS = (
+    "yesterday",
+    "today",
+    "morning",
+    "evening",
+    "afternoon",
+    "sunny",
+    "rainy",
+    "cloudy",
+    "outdoors",
+    "indoors",
+    "slowly",
+    "together",
+    "someone",
+    "weekend",
+    "uploaded",
+    "filmed",
+    "watching",
+    "here",
+    "there",
+    "really",
+    "again",
+    "finally",
+)
+_CAPTION_STREAM = 1009  # the captions' own seed entry: the other streams never see their draws
 
 
 @dataclasses.dataclass(frozen=True)
@@ -330,24 +389,98 @@ def _shard_path(out: str, level: str, split: str, shard: int, num_shards: int) -
     return os.path.join(out, level, f"{split}-{shard:05d}-of-{num_shards:05d}.tfrecord")
 
 
-def _write_shard(out: str, spec: Spec, split: str, shard: int) -> dict:
-    """Generates one shard of a split at both levels; returns the clean labels by id."""
+def _name_list(names: Sequence[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def make_caption(rng: np.random.Generator, names: Sequence[str]) -> str:
+    """A caption for a video whose clean classes are called `names` (see the module doc)."""
+    names = list(dict.fromkeys(n.lower() for n in names if n))
+    names = [names[i] for i in rng.permutation(len(names))]
+    noun = CAPTION_NOUNS[int(rng.integers(len(CAPTION_NOUNS)))]
+    if rng.random() < 0.5:
+        noun = f"{CAPTION_FILLERS[int(rng.integers(len(CAPTION_FILLERS)))]} {noun}"
+    if names:
+        k = int(rng.integers(1, min(2, len(names)) + 1))
+        opening = CAPTION_OPENINGS[int(rng.integers(len(CAPTION_OPENINGS)))]
+        text = opening.format(noun=noun, main=_name_list(names[:k]))
+        if names[k:]:
+            rest = CAPTION_RESTS[int(rng.integers(len(CAPTION_RESTS)))]
+            text += rest.format(rest=_name_list(names[k:]))
+    else:
+        text = f"a {noun}"
+    count = int(rng.integers(1, 4))
+    extra = " ".join(
+        CAPTION_DISTRACTORS[int(i)]
+        for i in rng.choice(len(CAPTION_DISTRACTORS), count, replace=False)
+    )
+    return f"{extra}, {text}" if rng.random() < 0.5 else f"{text}, {extra}"
+
+
+def _shard_videos(spec: Spec, split: str, shard: int) -> Iterator[tuple[Video, str]]:
+    """The videos of one shard of a split, in order, each with its caption."""
     label_sets = load_label_sets()
     world = make_world(spec, label_sets)
+    names = load_class_names()
     total = spec.num_train if split == "train" else spec.num_validate
     num_shards = spec.num_train_shards if split == "train" else spec.num_validate_shards
     first, last = shard * total // num_shards, (shard + 1) * total // num_shards
     rng = np.random.default_rng([spec.seed, SPLITS.index(split), shard])
+    caption_rng = np.random.default_rng([spec.seed, _CAPTION_STREAM, SPLITS.index(split), shard])
+    for i in range(first, last):
+        real = label_sets[int(rng.integers(len(label_sets)))]
+        clean = resample_within_groups(rng, world, real)
+        v = make_video(rng, world, spec, f"{split[:2]}{i:07d}", clean)
+        caption = make_caption(caption_rng, [names[c] for c in v.clean if c < len(names)])
+        yield v, caption
+
+
+def replay_shard(spec: Spec, split: str, shard: int) -> dict[str, tuple[list, list, str]]:
+    """Regenerates one shard without writing it: id -> (clean labels, labels, caption)."""
+    return {
+        v.id: (v.clean.tolist(), v.labels.tolist(), c) for v, c in _shard_videos(spec, split, shard)
+    }
+
+
+def shard_jobs(spec: Spec, splits: Sequence[str] = SPLITS) -> list[tuple[str, int]]:
+    """(split, shard) of every shard of `splits`, in order."""
+    return [
+        (s, i)
+        for s in splits
+        for i in range(spec.num_train_shards if s == "train" else spec.num_validate_shards)
+    ]
+
+
+def caption_path(data_dir: str, split: str) -> str:
+    return os.path.join(data_dir, CAPTIONS_DIR, f"{split}.csv")
+
+
+def write_captions(path: str, captions: dict[str, str]) -> None:
+    """Writes `id,caption` rows in id order, atomically (a temp file renamed at the end)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(["id", "caption"])
+            w.writerows((i, captions[i]) for i in sorted(captions))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _write_shard(out: str, spec: Spec, split: str, shard: int) -> dict:
+    """Generates one shard of a split at both levels; returns (clean, labels, caption) by id."""
+    num_shards = spec.num_train_shards if split == "train" else spec.num_validate_shards
     clean_by_id = {}
     paths = {lv: _shard_path(out, lv, split, shard, num_shards) for lv in LEVELS}
     with (
         tfrecord.TFRecordWriter(paths["frame"]) as frames,
         tfrecord.TFRecordWriter(paths["video"]) as videos,
     ):
-        for i in range(first, last):
-            real = label_sets[int(rng.integers(len(label_sets)))]
-            clean = resample_within_groups(rng, world, real)
-            v = make_video(rng, world, spec, f"{split[:2]}{i:07d}", clean)
+        for v, caption in _shard_videos(spec, split, shard):
             frames.write(
                 yt8m.encode_frame_example(
                     v.id, v.labels, v.rgb, v.audio, segments=v.segments, text_tokens=v.text_tokens
@@ -364,7 +497,7 @@ def _write_shard(out: str, spec: Spec, split: str, shard: int) -> dict:
                     v.id, v.labels, mean_rgb, mean_audio, text_tokens=v.text_tokens
                 )
             )
-            clean_by_id[v.id] = (v.clean.tolist(), v.labels.tolist())
+            clean_by_id[v.id] = (v.clean.tolist(), v.labels.tolist(), caption)
     return clean_by_id
 
 
@@ -437,11 +570,7 @@ def generate(out: str, spec: Spec = Spec(), *, workers: int | None = None, log=p
     for lv in LEVELS:
         os.makedirs(os.path.join(tmp, lv))
     start = time.time()
-    jobs = [
-        (s, i)
-        for s in SPLITS
-        for i in range(spec.num_train_shards if s == "train" else spec.num_validate_shards)
-    ]
+    jobs = shard_jobs(spec)
     workers = workers or min(len(jobs), os.cpu_count() or 1)
     log(
         f"Generating the embedded YT8M-format dataset ({spec.num_train} train, "
@@ -461,6 +590,8 @@ def generate(out: str, spec: Spec = Spec(), *, workers: int | None = None, log=p
         world = make_world(spec, load_label_sets())
         oracle = _write_oracle(tmp, spec, world, clean["validate"])
         _write_classes(tmp, world)
+        for s in SPLITS:
+            write_captions(caption_path(tmp, s), {i: row[2] for i, row in clean[s].items()})
         manifest = {
             "spec": dataclasses.asdict(spec),
             "oracle": oracle,
