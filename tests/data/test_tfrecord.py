@@ -107,6 +107,17 @@ def test_reads_independently_framed_file(tmp_path):
     assert [p for _, _, p in read_records(str(path))] == payloads
 
 
+def test_reads_bytes_in_memory_like_a_file():
+    payloads = [b"", b"x", bytes(range(256)) * 40]
+    data = b"".join(frame_record(p) for p in payloads)
+    assert [p for _, _, p in read_records("<body>", data=data)] == payloads
+    # Errors name the given source, with the record's index and offset.
+    cut = data[: len(frame_record(b"")) + len(frame_record(b"x")) + 20]
+    with pytest.raises(RecordError) as info:
+        list(read_records("<body>", data=cut))
+    _assert_error(info.value, "<body>", 2, 16 + 17, "data")
+
+
 def test_resume_from_offset(tmp_path):
     path = str(tmp_path / "a.tfrecord")
     payloads = [b"a" * 10, b"b" * 20, b"c" * 30]

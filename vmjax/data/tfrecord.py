@@ -6,6 +6,7 @@ payload, uint32 masked CRC32C of the payload.
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 from collections.abc import Callable, Iterable, Iterator
@@ -50,10 +51,13 @@ def read_records(
     start_index: int = 0,
     verify_crc: bool = True,
     on_error: Callable[[RecordError], None] | None = None,
+    data: bytes | None = None,
 ) -> Iterator[tuple[int, int, bytes]]:
     """Yields (record_index, byte_offset, payload) for each record of a TFRecord file.
 
     Args:
+      data: read these bytes (e.g. a request body) instead of the file; `path` then only
+        names them in errors.
       start_offset: byte offset of a record start to resume from.
       start_index: index reported for the record at `start_offset`.
       verify_crc: check payload CRCs. The 8-byte length CRC is always checked, as a corrupt
@@ -63,9 +67,9 @@ def read_records(
         was intact), and not at all past a bad length or a truncation (the file ends there).
     """
     if on_error is None:
-        yield from _read_records(path, start_offset, start_index, verify_crc)
+        yield from _read_records(path, start_offset, start_index, verify_crc, data)
         return
-    records = _read_records(path, start_offset, start_index, verify_crc)
+    records = _read_records(path, start_offset, start_index, verify_crc, data)
     while True:
         try:
             yield next(records)
@@ -73,7 +77,7 @@ def read_records(
             return
         except _PayloadCRCError as e:  # framing intact: skip just this record
             on_error(e)
-            records = _read_records(path, e.offset + e.size, e.index + 1, verify_crc)
+            records = _read_records(path, e.offset + e.size, e.index + 1, verify_crc, data)
         except RecordError as e:  # the rest of the file cannot be framed
             on_error(e)
             return
@@ -92,10 +96,11 @@ class _PayloadCRCError(RecordError):
 
 
 def _read_records(
-    path: str, start_offset: int, start_index: int, verify_crc: bool
+    path: str, start_offset: int, start_index: int, verify_crc: bool, data: bytes | None = None
 ) -> Iterator[tuple[int, int, bytes]]:
     index, offset = start_index, start_offset
-    with open(path, "rb", buffering=_READ_BUFFER) as f:
+    source = io.BytesIO(data) if data is not None else open(path, "rb", buffering=_READ_BUFFER)
+    with source as f:
         f.seek(start_offset)
         while True:
             header = f.read(_HEADER.size)
