@@ -272,46 +272,103 @@ class Multimodal(nn.Module):
             raise ValueError(f"model.modalities={self.modalities!r}: choose from {MODALITIES}")
         if self.fusion not in FUSIONS:
             raise ValueError(f"model.fusion={self.fusion!r} is unknown; expected one of {FUSIONS}")
-        mask = inputs["mask"]
-        tokens, masks, embeddings = {}, {}, {}
-        if "rgb" in names:
-            embeddings["rgb"], rgb_tokens = _vivit(self.vivit, "rgb")(
-                inputs["rgb"], mask, train=train, return_tokens=True
-            )
-            tokens["rgb"] = frame_tokens(rgb_tokens, mask)
-            masks["rgb"] = mask
-        if "audio" in names:
-            tokens["audio"], embeddings["audio"] = AudioEncoder(self.hidden_size, name="audio")(
-                inputs["audio"], mask, train=train
-            )
-            masks["audio"] = mask
-        if "text" in names:
-            text = TextEncoder(
-                self.text_vocab_size, self.text_embed_dim, self.hidden_size, name="text"
-            )
-            tokens["text"], embeddings["text"] = text(
-                inputs["text_tokens"], inputs["text_mask"], train=train
-            )
-            masks["text"] = inputs["text_mask"]
+        tokens, masks, embeddings = encode_modalities(
+            inputs,
+            names,
+            vivit=self.vivit,
+            hidden_size=self.hidden_size,
+            text_vocab_size=self.text_vocab_size,
+            text_embed_dim=self.text_embed_dim,
+            train=train,
+        )
 
         def head(name):
             return MoEHead(self.num_classes, self.num_mixtures, name=name)
 
         if self.fusion == "late":
             return LateFusion(name="late")({m: head(f"{m}_head")(e) for m, e in embeddings.items()})
-        if self.fusion == "concat":
-            return head("head")(ConcatFusion()(embeddings))
-        if self.fusion == "gated":
-            return head("head")(GatedFusion(self.hidden_size, name="gated")(embeddings))
-        projected = {
-            m: nn.Dense(self.hidden_size, name=f"{m}_tokens")(t) for m, t in tokens.items()
-        }
-        fused = BottleneckFusion(
-            num_layers=self.fusion_layers,
+        fused = fuse(
+            self.fusion,
+            tokens,
+            masks,
+            embeddings,
+            hidden_size=self.hidden_size,
+            fusion_layers=self.fusion_layers,
             fusion_layer=self.fusion_layer,
-            num_heads=max(1, self.hidden_size // 64),
-            mlp_dim=2 * self.hidden_size,
             num_bottlenecks=self.num_bottlenecks,
-            name="mbt",
-        )(projected, masks, train=train)
-        return head("head")(jnp.mean(jnp.stack([fused[m] for m in sorted(fused)]), axis=0))
+            train=train,
+        )
+        return head("head")(fused)
+
+
+def encode_modalities(
+    inputs: dict[str, jax.Array],
+    names: list[str],
+    *,
+    vivit: dict,
+    hidden_size: int,
+    text_vocab_size: int = 0,
+    text_embed_dim: int = 0,
+    train: bool,
+) -> tuple[dict, dict, dict]:
+    """(tokens, masks, embeddings) by modality of `names`, for Multimodal and retrieval towers.
+
+    rgb: a ViViT over the frames (its frame tokens and CLS embedding); audio and text: LSTMs
+    (their outputs and final states). Call inside a compact method: the encoders become that
+    module's submodules `rgb`, `audio`, `text`.
+    """
+    mask = inputs["mask"]
+    tokens, masks, embeddings = {}, {}, {}
+    if "rgb" in names:
+        embeddings["rgb"], rgb_tokens = _vivit(vivit, "rgb")(
+            inputs["rgb"], mask, train=train, return_tokens=True
+        )
+        tokens["rgb"] = frame_tokens(rgb_tokens, mask)
+        masks["rgb"] = mask
+    if "audio" in names:
+        tokens["audio"], embeddings["audio"] = AudioEncoder(hidden_size, name="audio")(
+            inputs["audio"], mask, train=train
+        )
+        masks["audio"] = mask
+    if "text" in names:
+        text = TextEncoder(text_vocab_size, text_embed_dim, hidden_size, name="text")
+        tokens["text"], embeddings["text"] = text(
+            inputs["text_tokens"], inputs["text_mask"], train=train
+        )
+        masks["text"] = inputs["text_mask"]
+    return tokens, masks, embeddings
+
+
+def fuse(
+    fusion: str,
+    tokens: dict[str, jax.Array],
+    masks: dict[str, jax.Array],
+    embeddings: dict[str, jax.Array],
+    *,
+    hidden_size: int,
+    fusion_layers: int,
+    fusion_layer: int,
+    num_bottlenecks: int,
+    train: bool,
+) -> jax.Array:
+    """One `[B, D]` embedding from the modalities by concat, gated or bottleneck (MBT) fusion.
+
+    concat / gated fuse the modality embeddings; bottleneck projects each modality's tokens to
+    `hidden_size`, runs MBT and averages the modalities' outputs. Call inside a compact method.
+    """
+    if fusion == "concat":
+        return ConcatFusion()(embeddings)
+    if fusion == "gated":
+        return GatedFusion(hidden_size, name="gated")(embeddings)
+    if fusion != "bottleneck":
+        raise ValueError(f"fusion {fusion!r}: expected concat, gated or bottleneck")
+    projected = {m: nn.Dense(hidden_size, name=f"{m}_tokens")(t) for m, t in tokens.items()}
+    fused = BottleneckFusion(
+        num_layers=fusion_layers,
+        fusion_layer=fusion_layer,
+        num_heads=max(1, hidden_size // 64),
+        mlp_dim=2 * hidden_size,
+        num_bottlenecks=num_bottlenecks,
+        name="mbt",
+    )(projected, masks, train=train)
+    return jnp.mean(jnp.stack([fused[m] for m in sorted(fused)]), axis=0)

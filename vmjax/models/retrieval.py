@@ -16,9 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vmjax.models.encoders import AudioEncoder, TextEncoder, frame_tokens
-from vmjax.models.fusion import BottleneckFusion, ConcatFusion, GatedFusion
-from vmjax.models.vivit import ViViTEncoder
+from vmjax.models.classifiers import encode_modalities, fuse
+from vmjax.models.encoders import TextEncoder
 
 VIDEO_MODALITIES = ("rgb", "audio")
 VIDEO_FUSIONS = ("concat", "gated", "bottleneck")
@@ -61,33 +60,20 @@ class VideoTower(nn.Module):
             raise ValueError(
                 f"JointEmbedding fusion={self.fusion!r} is unknown; expected one of {VIDEO_FUSIONS}"
             )
-        mask = inputs["mask"]
-        tokens, embeddings = {}, {}
-        if "rgb" in names:
-            embeddings["rgb"], rgb_tokens = ViViTEncoder(**self.vivit, name="rgb")(
-                inputs["rgb"], mask, train=train, return_tokens=True
-            )
-            tokens["rgb"] = frame_tokens(rgb_tokens, mask)
-        if "audio" in names:
-            tokens["audio"], embeddings["audio"] = AudioEncoder(self.hidden_size, name="audio")(
-                inputs["audio"], mask, train=train
-            )
-        if self.fusion == "concat":
-            return ConcatFusion()(embeddings)
-        if self.fusion == "gated":
-            return GatedFusion(self.hidden_size, name="gated")(embeddings)
-        projected = {
-            m: nn.Dense(self.hidden_size, name=f"{m}_tokens")(t) for m, t in tokens.items()
-        }
-        fused = BottleneckFusion(
-            num_layers=self.fusion_layers,
+        tokens, masks, embeddings = encode_modalities(
+            inputs, names, vivit=self.vivit, hidden_size=self.hidden_size, train=train
+        )
+        return fuse(
+            self.fusion,
+            tokens,
+            masks,
+            embeddings,
+            hidden_size=self.hidden_size,
+            fusion_layers=self.fusion_layers,
             fusion_layer=self.fusion_layer,
-            num_heads=max(1, self.hidden_size // 64),
-            mlp_dim=2 * self.hidden_size,
             num_bottlenecks=self.num_bottlenecks,
-            name="mbt",
-        )(projected, {m: mask for m in projected}, train=train)
-        return jnp.mean(jnp.stack([fused[m] for m in sorted(fused)]), axis=0)
+            train=train,
+        )
 
 
 class JointEmbedding(nn.Module):
