@@ -455,8 +455,9 @@ def findings(rows: list[dict], oracle: dict, budget: str) -> list[str]:
     sk = [r["label"] for r in rows if r["label"].startswith("sklearn")]
     if sk and "logistic" in by:
         top = max(sk, key=gap)
+        listed = ", ".join(f"{m} GAP {gap(m):.3f}" for m in sorted(sk, key=lambda m: -gap(m)))
         out.append(
-            f"- Classic baselines on the same video-level features: {top} GAP {gap(top):.3f} "
+            f"- Classic baselines on the same video-level features: {listed} "
             f"(fitted on {by[top]['num_train']:,} videos) vs vmjax logistic "
             f"{gap('logistic'):.3f} and moe {gap('moe') if 'moe' in by else float('nan'):.3f} "
             f"(SGD over {by['logistic']['train_videos']:,} videos)."
