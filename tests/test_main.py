@@ -96,3 +96,75 @@ def test_cluster_environment_detection(monkeypatch):
     monkeypatch.delenv("SLURM_JOB_ID")
     monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "10.0.0.2,10.0.0.3")
     assert distributed.cluster_environment() == "Cloud TPU slice"
+
+
+def test_retrieval_config_trains_then_retrieve_prints_ranked_videos_with_classes(tmp_path):
+    workdir = tmp_path / "r"
+    tiny = [
+        f"--config.data.cache_dir={tmp_path / 'cache'}",
+        "--config.data.synthetic.num_train=64",
+        "--config.data.synthetic.num_validate=24",
+        "--config.data.synthetic.max_frames=8",
+        "--config.data.max_frames=8",
+        "--config.data.shuffle_buffer=16",
+        "--config.batch_size=16",
+        "--config.eval_batch_size=8",
+        "--config.num_train_steps=2",
+        "--config.eval_every=2",
+        "--config.checkpoint_every=2",
+        "--config.model.embed_dim=8",
+        "--config.model.hidden_size=8",
+        "--config.model.text_embed_dim=8",
+        "--config.model.vivit.hidden_size=8",
+        "--config.model.vivit.mlp_dim=8",
+    ]
+    common = ["-m", "vmjax.main", "--config", "configs/retrieval.py:smoke"]
+    out = _run(*common, "--workdir", str(workdir), *tiny)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Final retrieval evaluation (step 2, 24 validate videos)" in out.stdout
+    assert "R@10" in out.stdout and "chance 0.417" in out.stdout  # 10 / 24
+    query = "a video of music qwzx"
+    out = _run(
+        *common,
+        "--workdir",
+        str(workdir),
+        *tiny,
+        "--mode",
+        "retrieve",
+        "--query",
+        query,
+        "--top_k",
+        "5",
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "not in the caption vocabulary (read as [UNK]): qwzx" in out.stdout
+    lines = out.stdout.splitlines()
+    header = lines.index(f"Top 5 of 24 validate videos for {query!r} (step 2, cosine):")
+    hits = lines[header + 1 :]
+    assert len(hits) == 5
+    with open(workdir / "index.json") as f:
+        assert json.load(f) == {"step": 2, "split": "validate"}
+    from vmjax.retrieval import Index
+
+    index = Index.load(workdir / "index.npz")
+    classes = dict(zip(index.ids.tolist(), index.classes.tolist(), strict=True))
+    scores = []
+    for rank, line in enumerate(hits, 1):
+        number, video_id, score, names = line.split(maxsplit=3) + [""] * (4 - len(line.split()))
+        assert number == f"{rank}." and video_id in classes
+        assert names == classes[video_id]  # the video's class names, from its labels
+        scores.append(float(score))
+    assert scores == sorted(scores, reverse=True) and all(-1 <= s <= 1 for s in scores)
+    out = _run(
+        "-m",
+        "vmjax.main",
+        "--config",
+        "configs/yt8m.py:smoke",
+        "--workdir",
+        str(workdir),
+        "--mode",
+        "retrieve",
+        "--query",
+        "x",
+    )
+    assert out.returncode != 0 and "needs a retrieval config" in out.stderr

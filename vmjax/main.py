@@ -1,7 +1,11 @@
-"""vmjax entry point: flags only; the work happens in vmjax.train.loop.
+"""vmjax entry point: flags only; the work happens in vmjax.train.loop (classification) or
+vmjax.train.contrastive (configs with task='retrieval', e.g. configs/retrieval.py).
 
 python -m vmjax.main --config configs/yt8m.py --workdir /tmp/w
 python -m vmjax.main --config configs/yt8m.py:smoke --workdir /tmp/w --config.batch_size=64
+python -m vmjax.main --config configs/retrieval.py:smoke --workdir /tmp/r
+python -m vmjax.main --config configs/retrieval.py:smoke --workdir /tmp/r --mode retrieve \
+    --query "guitar solo on stage" --top_k 10
 
 Multi-host: on a SLURM job or a Cloud TPU VM slice jax.distributed is initialised from the
 environment; elsewhere pass --coordinator_address, --num_processes and --process_id (see
@@ -33,11 +37,16 @@ flags.DEFINE_string(
 flags.DEFINE_enum(
     "mode",
     "train",
-    ["train", "eval", "predict"],
-    "train: train, evaluating every config.eval_every steps. eval: metrics of a checkpoint "
+    ["train", "eval", "predict", "retrieve"],
+    "train: train, evaluating every config.eval_every steps (a config with task='retrieval' "
+    "trains the text-video joint embedding). eval: metrics of a checkpoint "
     "(--step, default the latest) on the eval data, with per-class AP, into WORKDIR/eval/. "
-    "predict: the Kaggle CSV (VideoId,LabelConfidencePairs) for the eval data.",
+    "predict: the Kaggle CSV (VideoId,LabelConfidencePairs) for the eval data. "
+    "retrieve (retrieval runs): the --top_k videos nearest to --query, from WORKDIR/index.npz "
+    "(built from the latest checkpoint on first use).",
 )
+flags.DEFINE_string("query", None, "retrieve: the text to search the videos for.")
+flags.DEFINE_integer("top_k", 10, "retrieve: how many videos to print.")
 flags.DEFINE_bool(
     "segments",
     False,
@@ -99,6 +108,10 @@ def main(argv):
         )
     from vmjax.train import loop  # after flag parsing: importing JAX code is slow
 
+    retrieval = "task" in FLAGS.config and FLAGS.config.task == "retrieval"
+    if retrieval or FLAGS.mode == "retrieve":
+        _retrieval(retrieval)
+        return
     if FLAGS.segments and FLAGS.mode == "train":
         raise app.UsageError("--segments goes with --mode eval or --mode predict")
     if FLAGS.segments:
@@ -136,6 +149,51 @@ def main(argv):
             f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()
         )
         print(f"Final evaluation: {summary}")
+
+
+def _retrieval(is_retrieval_config: bool) -> None:
+    """--mode train / retrieve of a retrieval config (vmjax.train.contrastive)."""
+    import jax
+
+    if not is_retrieval_config:
+        raise app.UsageError(
+            "--mode retrieve needs a retrieval config (task='retrieval', e.g. configs/retrieval.py)"
+        )
+    if FLAGS.segments or FLAGS.mode not in ("train", "retrieve"):
+        raise app.UsageError(
+            f"a retrieval config runs --mode train or --mode retrieve, not --mode {FLAGS.mode}"
+            + (" --segments" if FLAGS.segments else "")
+        )
+    if FLAGS.mode == "train":
+        from vmjax.train import contrastive
+
+        result = contrastive.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        if result and jax.process_index() == 0:
+            print(contrastive.summary(result))
+        return
+    if not FLAGS.query or not FLAGS.query.strip():
+        raise app.UsageError("--mode retrieve needs --query TEXT")
+    if FLAGS.top_k < 1:
+        raise app.UsageError(f"--top_k must be >= 1, got {FLAGS.top_k}")
+    from vmjax import retrieval
+
+    found = retrieval.search_text(FLAGS.workdir, FLAGS.query, FLAGS.top_k, config=FLAGS.config)
+    if found.all_unknown:
+        print(
+            f"Note: no word of {FLAGS.query!r} is in the caption vocabulary; the query embeds as "
+            "[UNK] only, so this ranking says nothing about it."
+        )
+    elif found.unknown:
+        print(f"Note: not in the caption vocabulary (read as [UNK]): {', '.join(found.unknown)}")
+    hits = found.hits
+    print(
+        f"Top {hits.ids.shape[1]} of {found.num_videos} {FLAGS.config.index_split} videos for "
+        f"{FLAGS.query!r} (step {found.step}, {FLAGS.config.index_metric}):"
+    )
+    for rank, (video_id, score, classes) in enumerate(
+        zip(hits.ids[0], hits.scores[0], hits.classes[0], strict=True), 1
+    ):
+        print(f"{rank:3d}. {video_id}  {score:.4f}  {classes}")
 
 
 if __name__ == "__main__":

@@ -311,3 +311,124 @@ class Index:
         index._classes = classes
         index._size = size
         return index
+
+
+# --- an index of a trained retrieval run's videos (vmjax.train.contrastive), and text search.
+
+INDEX_FILE = "index.npz"  # WORKDIR/index.npz: the saved index of `build_index`
+INDEX_INFO = "index.json"  # which checkpoint step and split it holds
+
+
+def embed_dataset(
+    workdir: str, split: str = "validate", *, config=None, trained=None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, unit video embeddings `[n, E]`, class names) of every video of `split`.
+
+    Embeds with the latest checkpoint of the retrieval run in `workdir` (or `trained`, a
+    vmjax.train.contrastive.Trained); a video's class names are its labels' names joined by
+    '; ' ('class N' for a class without a name).
+    """
+    from vmjax.data import synthetic
+    from vmjax.train import contrastive
+
+    trained = trained or contrastive.load_trained(workdir, config)
+    embedded = contrastive.embed_split(
+        trained.place.embed,
+        trained.params,
+        trained.config,
+        trained.data_dir,
+        trained.tokenizer,
+        split,
+    )
+    names = synthetic.class_names(trained.data_dir, trained.config.data.num_classes)
+    classes = [
+        "; ".join(names[c] or f"class {c}" for c in np.flatnonzero(row)) for row in embedded.labels
+    ]
+    return embedded.ids, embedded.video, np.array(classes, str)
+
+
+def build_index(
+    workdir: str, split: str = "validate", *, config=None, trained=None, rebuild: bool = False
+) -> Index:
+    """The index of every `split` video of the retrieval run in `workdir`, with class names.
+
+    Saved as WORKDIR/index.npz (with index.json naming its checkpoint step and split) and
+    loaded from there while both still match the run's latest checkpoint; `rebuild` ignores it.
+    """
+    from vmjax.train import checkpoint, contrastive
+
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    path, info_path = os.path.join(workdir, INDEX_FILE), os.path.join(workdir, INDEX_INFO)
+    steps = checkpoint.complete_steps(os.path.join(workdir, "checkpoints"))
+    if trained is not None:
+        info = {"step": trained.step, "split": split}
+    else:
+        info = {"step": steps[-1] if steps else None, "split": split}
+    if not rebuild and os.path.exists(path) and os.path.exists(info_path):
+        with open(info_path) as f:
+            if json.load(f) == info:
+                return Index.load(path)
+    trained = trained or contrastive.load_trained(workdir, config)
+    ids, embeddings, classes = embed_dataset(workdir, split, trained=trained)
+    index = Index(embeddings.shape[1])
+    index.add(embeddings, ids, classes)
+    index.save(path)
+    with open(info_path, "w") as f:
+        json.dump({"step": trained.step, "split": split}, f)
+    return index
+
+
+def unknown_words(tokenizer, query: str) -> list[str]:
+    """The whitespace-separated words of `query` that encode only as [UNK]."""
+    from vmjax.data import text
+
+    return [
+        w
+        for w in query.split()
+        if (ids := tokenizer.encode(w, None)).size and (ids == text.UNK_ID).all()
+    ]
+
+
+class TextHits(NamedTuple):
+    """`search_text`'s answer: the hits of the query, and what its words meant to the model."""
+
+    hits: Hits  # [1, k]
+    step: int  # the checkpoint that embedded the query
+    num_videos: int  # the index's size
+    unknown: list[str]  # query words outside the caption vocabulary ([UNK])
+    all_unknown: bool  # no query token is in the vocabulary: the ranking is meaningless
+
+
+def search_text(
+    workdir: str, query: str, top_k: int, *, config=None, split: str | None = None
+) -> TextHits:
+    """The `top_k` videos of the run's index (`build_index`) nearest to the text `query`.
+
+    The query is tokenized with the run's caption vocabulary (WORKDIR/vocabulary.json; words
+    outside it become [UNK]) and embedded by the latest checkpoint's text tower.
+    """
+    from vmjax.data import text
+    from vmjax.train import contrastive
+
+    if not query.strip():
+        raise ValueError("search_text: the query is empty")
+    trained = contrastive.load_trained(workdir, config)
+    c = trained.config
+    index = build_index(workdir, split or c.index_split, trained=trained)
+    tokens = trained.tokenizer.encode(query, c.data.max_caption_tokens)
+    embedding = contrastive.embed_texts(
+        trained.place.embed_text,
+        trained.params,
+        trained.tokenizer,
+        [query],
+        c.data.max_caption_tokens,
+        c.eval_batch_size,
+    )
+    hits = index.search(embedding, top_k, metric=c.index_metric)
+    return TextHits(
+        hits,
+        trained.step,
+        len(index),
+        unknown_words(trained.tokenizer, query),
+        bool((tokens == text.UNK_ID).all()),
+    )
