@@ -131,6 +131,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.weight_decay = 0.0  # decoupled (AdamW) weight decay
     c.optimizer.clip_norm = 1.0  # global-norm gradient clipping; 0 disables
 
+    # Model compression (vmjax.compress; presets in configs/compress.py).
+    c.compress = ml_collections.ConfigDict()
+    c.compress.method = "none"  # none | prune | qat | ptq (from source_workdir) | distill
+    c.compress.sparsity = 0.9  # prune: final fraction of zeros in each pruned kernel
+    c.compress.begin_step = 0  # prune: first mask update (Zhu & Gupta t0)
+    c.compress.end_step = 400  # prune: the last mask update, at the target sparsity
+    c.compress.update_every = 50  # prune: steps between mask updates (Zhu & Gupta delta t)
+    c.compress.prune_regex = r"(^|/)kernel$"  # prune: '/'-joined param paths that are pruned
+    c.compress.quantize_regex = ".*"  # qat / ptq: module paths (qwix rule regex) quantized
+    c.compress.weight_dtype = "int8"  # qat / ptq: weight type (per-channel absmax scales)
+    c.compress.act_dtype = "int8"  # qat / ptq: activations (dynamic per-row scales); '' = float
+    c.compress.source_workdir = ""  # ptq: the trained float run to quantize (its latest step)
+    c.compress.teacher_workdir = ""  # distill: the trained teacher run (its latest step)
+    c.compress.temperature = 2.0  # distill: T of the soft targets sigmoid(teacher_logits / T)
+    c.compress.alpha = 0.5  # distill: weight of the soft-target loss (1 - alpha: labels)
+
     if "frame" in presets:  # frame-level features with the starter's frame-level MoE
         presets.append("frame_moe")
     models = [p for p in presets if p in MODEL_PRESETS]

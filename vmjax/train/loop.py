@@ -15,7 +15,7 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from vmjax import metrics
+from vmjax import compress, metrics
 from vmjax.data import pipeline, synthetic
 from vmjax.train import parallel
 from vmjax.train import state as state_lib
@@ -366,6 +366,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
     train_files, eval_files, data_dir = resolve_data(config)
     if is_main:
         _write_config(config, workdir, train_files, eval_files, data_dir)
+    if compress.method(config) == "ptq":
+        return _quantize_and_evaluate(config, workdir, eval_files, data_dir, bad_records)
 
     model, tx, state = state_lib.init_run(config)
     par = parallel.create(config, model, tx)
@@ -493,6 +495,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
         last_eval = _last_logged_eval(workdir)
         logging.info("Already trained to step %d; last evaluation: %s", step, last_eval)
     return last_eval
+
+
+def _quantize_and_evaluate(config, workdir: str, eval_files, data_dir, bad_records) -> dict:
+    """compress.method='ptq': int8 parameters of compress.source_workdir, evaluated like a run.
+
+    Writes workdir/quantized.npz (vmjax.compress.quantization.save) and one metrics.jsonl line
+    at the source run's step; trains nothing.
+    """
+    from vmjax.compress import quantization
+
+    qmodel, state, step, _ = quantization.quantize_run(config)
+    if jax.process_index() == 0:
+        path = os.path.join(workdir, "quantized.npz")
+        size = quantization.save(path, state.params)
+        logging.info(
+            "Quantized %s (step %d): %s bytes in %s",
+            config.compress.source_workdir,
+            step,
+            f"{size:,}",
+            path,
+        )
+    par = parallel.create(config, qmodel, None)
+    state = par.put_state(state)
+
+    def eval_fn(state, batch):
+        return par.eval_step(state, par.put_batch(batch))
+
+    video = config.data.format == "video_files"
+    kinds = synthetic.class_kinds(data_dir) if data_dir and not video else None
+    result = {"step": step, **evaluate(eval_fn, state, eval_files, config, kinds, bad_records)}
+    if jax.process_index() == 0:
+        _log_eval(result, workdir, None, tqdm.tqdm)  # tqdm.write: no bar for one evaluation
+    return result
 
 
 class _NonFiniteGuard:

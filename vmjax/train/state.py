@@ -67,13 +67,16 @@ def init_run(config: ml_collections.ConfigDict):
     """(model, optimizer, initial TrainState) of the run `config` describes, seeded by it.
 
     The state's structure is what a checkpoint of that run holds, so it also serves as the
-    template to restore one into.
+    template to restore one into. `config.compress` may wrap the model (qat) or chain the
+    optimizer (prune, distill: the latter loads the teacher run); see vmjax.compress.
     """
+    from vmjax import compress
     from vmjax.data import pipeline
     from vmjax.models import build_model
     from vmjax.train.step import model_inputs
 
     model = build_model(config.model, config.data.num_classes)
     tx = make_optimizer(config.optimizer, config.num_train_steps)
+    model, tx = compress.apply(config, model, tx)
     inputs = model_inputs(pipeline.config_example_batch(config.data))
     return model, tx, create_train_state(model, tx, inputs, jax.random.PRNGKey(config.seed))

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from vmjax.compress import distillation
 from vmjax.data import yt8m
 from vmjax.data.augment import augment_batch
 from vmjax.train.state import TrainState
@@ -120,7 +121,8 @@ def train_step(
     augment: the config's `augment` block (vmjax.data.augment): the batch is augmented here, on
       the device, before the forward pass.
     Dropout draws from `fold_in(state.rng, step)` (and the device index under pmap), augmentation
-    from `augment_key` of the same.
+    from `augment_key` of the same. With a distillation teacher in the optimizer state
+    (vmjax.compress.distillation), the loss is the distillation loss against its logits.
     """
     compute_dtype = DTYPES[dtype]
     mutable = list(state.model_state)
@@ -130,15 +132,29 @@ def train_step(
     if augment is not None:
         batch = augment_batch(augment_key(rng), batch, augment)
 
+    teacher = distillation.find(state.opt_state)  # config.compress.method='distill'
+
     def loss_fn(params, model_state, micro, rng):
+        inputs = model_inputs(micro, compute_dtype)
         logits, new_model_state = model.apply(
             {"params": cast_floats(params, compute_dtype), **model_state},
-            model_inputs(micro, compute_dtype),
+            inputs,
             train=True,
             rngs={"dropout": rng},
             mutable=mutable,
         )
-        total, count = weighted_loss(logits, micro["labels"], micro["weights"])
+        if teacher is None:
+            total, count = weighted_loss(logits, micro["labels"], micro["weights"])
+        else:
+            teacher_logits = teacher.logits(inputs, lambda p: cast_floats(p, compute_dtype))
+            total, count = distillation.distillation_loss(
+                logits,
+                teacher_logits,
+                micro["labels"],
+                micro["weights"],
+                teacher.temperature,
+                teacher.alpha,
+            )
         return total, (count, new_model_state)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
