@@ -51,7 +51,7 @@ def normalize_pixels(pixels: jax.Array, mean: Sequence[float], std: Sequence[flo
     if jnp.issubdtype(pixels.dtype, jnp.integer):
         x = pixels.astype(jnp.float32) / 255.0
     else:
-        x = pixels
+        x = jnp.asarray(pixels)  # a numpy float64 array becomes JAX's float32 (x64 is off)
     if len(mean) != x.shape[-1] or len(std) != x.shape[-1]:
         raise ValueError(
             f"pixels have {x.shape[-1]} channels but pixel_mean={tuple(mean)} and "
