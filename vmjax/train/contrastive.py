@@ -37,7 +37,6 @@ import functools
 import json
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable
 
@@ -45,7 +44,6 @@ import jax
 import ml_collections
 import numpy as np
 import optax
-import tqdm
 from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -53,7 +51,7 @@ from jax.sharding import PartitionSpec as P
 from vmjax import metrics
 from vmjax.data import captions, pipeline, synthetic, text
 from vmjax.models.retrieval import JointEmbedding, infonce_loss, logit_scale
-from vmjax.train import parallel
+from vmjax.train import loop, parallel
 from vmjax.train import state as state_lib
 from vmjax.train.checkpoint import Checkpointer, restore_checkpoint
 from vmjax.train.step import DTYPES, cast_floats, model_inputs
@@ -489,14 +487,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
     writer = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
     step = int(np.asarray(state.step))
     last_eval = None
-    progress = tqdm.tqdm(
-        total=config.num_train_steps,
-        initial=step,
-        desc="train retrieval",
-        unit="step",
-        dynamic_ncols=True,
-        mininterval=0.5 if sys.stderr.isatty() else 30,
-    )
+    progress = loop.progress_bar(config, step, "train retrieval")
     tick, tick_step = time.perf_counter(), step
     try:
         while step < config.num_train_steps:
@@ -538,19 +529,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
         ckpt.close()
         writer.close()
     if last_eval is None:
-        last_eval = _last_logged_eval(workdir)
+        last_eval = loop.last_logged_eval(workdir)
         logging.info("Already trained to step %d; last evaluation: %s", step, last_eval)
     return last_eval
 
 
 def _log_eval(result: dict, workdir: str, writer, progress) -> None:
     keys = ["step", "train_loss", *LOGGED, "num_videos"]
-    line = {k: result[k] for k in keys}
-    with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
-        f.write(json.dumps(line) + "\n")
-    for k in keys[1:]:
-        writer.add_scalar(f"eval/{k}", result[k], result["step"])
-    writer.flush()
+    loop.log_metrics({k: result[k] for k in keys}, workdir, writer)
     progress.write(
         f"step {result['step']}: text->video R@1 {result['text_to_video/r@1']:.3f} "
         f"R@5 {result['text_to_video/r@5']:.3f} R@10 {result['text_to_video/r@10']:.3f} "
@@ -559,15 +545,6 @@ def _log_eval(result: dict, workdir: str, writer, progress) -> None:
         f"zero-shot GAP {result['zero_shot_gap']:.4f}  loss {result['loss']:.3f}  "
         f"({result['num_videos']} videos)"
     )
-
-
-def _last_logged_eval(workdir: str) -> dict | None:
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        lines = [ln for ln in f if ln.strip()]
-    return json.loads(lines[-1]) if lines else None
 
 
 def summary(result: dict) -> str:

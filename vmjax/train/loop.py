@@ -416,16 +416,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
 
     step = int(np.asarray(par.checkpoint_view(state).step))
     last_eval = None
-    # Redraw often on a terminal; into a log file, a line every 30 s is plenty.
-    progress = tqdm.tqdm(
-        total=config.num_train_steps,
-        initial=step,
-        disable=not is_main,
-        desc="train",
-        unit="step",
-        dynamic_ncols=True,
-        mininterval=0.5 if sys.stderr.isatty() else 30,
-    )
+    progress = progress_bar(config, step, "train", disable=not is_main)
     tick, tick_step = time.perf_counter(), step
     try:
         while step < config.num_train_steps:
@@ -492,7 +483,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
             "; reader processes count their own" if d.workers else "",
         )
     if last_eval is None:
-        last_eval = _last_logged_eval(workdir)
+        last_eval = last_logged_eval(workdir)
         logging.info("Already trained to step %d; last evaluation: %s", step, last_eval)
     return last_eval
 
@@ -648,16 +639,45 @@ class _BatchLog:
         self.file.close()
 
 
-def _log_eval(result: dict, workdir: str, writer, progress) -> None:
-    keys = ["step", "gap", "map", "hit_at_1", "perr", "loss"]
-    keys += [k for k in result if k.startswith("gap_")]  # per class kind, on embedded data
-    line = {k: result[k] for k in keys}
+def progress_bar(config, step: int, desc: str, *, disable: bool = False) -> tqdm.tqdm:
+    """The train progress bar from `step` to config.num_train_steps."""
+    # Redraw often on a terminal; into a log file, a line every 30 s is plenty.
+    return tqdm.tqdm(
+        total=config.num_train_steps,
+        initial=step,
+        disable=disable,
+        desc=desc,
+        unit="step",
+        dynamic_ncols=True,
+        mininterval=0.5 if sys.stderr.isatty() else 30,
+    )
+
+
+def log_metrics(line: dict, workdir: str, writer) -> None:
+    """Appends `line` (with its `step`) to WORKDIR/metrics.jsonl, the rest to TensorBoard."""
     with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
         f.write(json.dumps(line) + "\n")
     if writer:
-        for k in keys[1:]:
-            writer.add_scalar(f"eval/{k}", result[k], result["step"])
+        for k, v in line.items():
+            if k != "step":
+                writer.add_scalar(f"eval/{k}", v, line["step"])
         writer.flush()
+
+
+def last_logged_eval(workdir: str) -> dict | None:
+    """The last line of WORKDIR/metrics.jsonl (None before the first evaluation)."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        lines = [ln for ln in f if ln.strip()]
+    return json.loads(lines[-1]) if lines else None
+
+
+def _log_eval(result: dict, workdir: str, writer, progress) -> None:
+    keys = ["step", "gap", "map", "hit_at_1", "perr", "loss"]
+    keys += [k for k in result if k.startswith("gap_")]  # per class kind, on embedded data
+    log_metrics({k: result[k] for k in keys}, workdir, writer)
     msg = (
         f"step {result['step']}: eval GAP {result['gap']:.4f}  mAP {result['map']:.4f}  "
         f"Hit@1 {result['hit_at_1']:.4f}  PERR {result['perr']:.4f}  loss {result['loss']:.3f}  "
@@ -672,12 +692,3 @@ def _log_eval(result: dict, workdir: str, writer, progress) -> None:
     if per_kind:
         msg += "\n  GAP by class kind: " + "  ".join(f"{k[4:]} {result[k]:.3f}" for k in per_kind)
     progress.write(msg)  # above the progress bar; logging it too would print it twice
-
-
-def _last_logged_eval(workdir: str) -> dict | None:
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        lines = [ln for ln in f if ln.strip()]
-    return json.loads(lines[-1]) if lines else None
