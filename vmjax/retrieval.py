@@ -395,7 +395,7 @@ class TextHits(NamedTuple):
     hits: Hits  # [1, k]
     step: int  # the checkpoint that embedded the query
     num_videos: int  # the index's size
-    unknown: list[str]  # query words outside the caption vocabulary ([UNK])
+    unknown: list[str]  # query words the tokenizer reads as [UNK] only
     all_unknown: bool  # no query token is in the vocabulary: the ranking is meaningless
 
 
@@ -404,8 +404,10 @@ def search_text(
 ) -> TextHits:
     """The `top_k` videos of the run's index (`build_index`) nearest to the text `query`.
 
-    The query is tokenized with the run's caption vocabulary (WORKDIR/vocabulary.json; words
-    outside it become [UNK]) and embedded by the latest checkpoint's text tower.
+    The query is tokenized as the run's captions were: with its caption vocabulary
+    (WORKDIR/vocabulary.json; words outside it become [UNK]) or, for a MiniLM text tower, with
+    the checkpoint's WordPiece tokenizer (free text splits into known pieces), and embedded by
+    the latest checkpoint's text tower.
     """
     from vmjax.data import text
     from vmjax.train import contrastive
@@ -415,7 +417,16 @@ def search_text(
     trained = contrastive.load_trained(workdir, config)
     c = trained.config
     index = build_index(workdir, split or c.index_split, trained=trained)
-    tokens = trained.tokenizer.encode(query, c.data.max_caption_tokens)
+    tokens, mask = contrastive.tokenize(trained.tokenizer, [query], c.data.max_caption_tokens)
+    if isinstance(trained.tokenizer, contrastive.MiniLMTokenizer):
+        unknown = trained.tokenizer.unknown_words(query)
+        unk = trained.tokenizer.tokenizer.token_to_id("[UNK]")
+        special = {trained.tokenizer.tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]")}
+        content = [i for i in tokens[0][mask[0]].tolist() if i not in special]
+        all_unknown = bool(content) and all(i == unk for i in content)
+    else:
+        unknown = unknown_words(trained.tokenizer, query)
+        all_unknown = bool((tokens[0][mask[0]] == text.UNK_ID).all())
     embedding = contrastive.embed_texts(
         trained.place.embed_text,
         trained.params,
@@ -425,10 +436,4 @@ def search_text(
         c.eval_batch_size,
     )
     hits = index.search(embedding, top_k, metric=c.index_metric)
-    return TextHits(
-        hits,
-        trained.step,
-        len(index),
-        unknown_words(trained.tokenizer, query),
-        bool((tokens == text.UNK_ID).all()),
-    )
+    return TextHits(hits, trained.step, len(index), unknown, all_unknown)

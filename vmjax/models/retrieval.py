@@ -2,7 +2,9 @@
 
 The video tower encodes rgb and audio frames with the encoders the `Multimodal` classifier uses
 (a ViViT over rgb frames, an LSTM over audio frames) and fuses them with one of its fusion
-modules; the text tower is the classifier's LSTM `TextEncoder`. Each tower ends in a linear
+modules; the text tower is the classifier's LSTM `TextEncoder` or, with text_tower='minilm', a
+pretrained MiniLM sentence encoder (vmjax.models.minilm; its params come from a checkpoint, see
+vmjax.train.contrastive), frozen or fine-tuned. Each tower ends in a linear
 projection to `embed_dim` and L2 normalisation, so a dot product is a cosine similarity. A
 learned temperature multiplies the similarities before the softmax: `log_scale` starts at
 log(1 / 0.07) and the scale is clipped at 100 (CLIP, Radford et al. 2021).
@@ -18,9 +20,11 @@ import jax.numpy as jnp
 
 from vmjax.models.classifiers import encode_modalities, fuse
 from vmjax.models.encoders import TextEncoder
+from vmjax.models.minilm import MiniLM
 
 VIDEO_MODALITIES = ("rgb", "audio")
 VIDEO_FUSIONS = ("concat", "gated", "bottleneck")
+TEXT_TOWERS = ("lstm", "minilm")
 INIT_LOG_SCALE = math.log(1 / 0.07)  # CLIP's initial temperature 0.07
 MAX_LOG_SCALE = math.log(100.0)  # CLIP clips the logit scale at 100
 _NORM_EPS = 1e-12
@@ -95,6 +99,11 @@ class JointEmbedding(nn.Module):
     fusion_layers: int  # bottleneck: transformer layers per modality
     fusion_layer: int  # bottleneck: first layer that exchanges through bottlenecks
     num_bottlenecks: int
+    text_tower_kind: str = "lstm"  # lstm (TextEncoder) | minilm (pretrained MiniLM)
+    minilm: dict | None = None  # MiniLM fields (the checkpoint's module) when text_tower='minilm'
+    # minilm: a fixed feature extractor (deterministic, no gradient); the trainer also keeps its
+    # params out of the optimizer, so weight decay cannot move them.
+    freeze_text_tower: bool = False
 
     def setup(self):
         self.video_tower = VideoTower(
@@ -107,7 +116,19 @@ class JointEmbedding(nn.Module):
             self.num_bottlenecks,
         )
         self.video_projection = nn.Dense(self.embed_dim)
-        self.text_tower = TextEncoder(self.text_vocab_size, self.text_embed_dim, self.hidden_size)
+        if self.text_tower_kind == "lstm":
+            self.text_tower = TextEncoder(
+                self.text_vocab_size, self.text_embed_dim, self.hidden_size
+            )
+        elif self.text_tower_kind == "minilm":
+            if self.minilm is None:
+                raise ValueError("JointEmbedding text_tower_kind='minilm' needs the MiniLM fields")
+            self.text_tower = MiniLM(**self.minilm)
+        else:
+            raise ValueError(
+                f"JointEmbedding text_tower_kind={self.text_tower_kind!r} is unknown; expected "
+                f"one of {TEXT_TOWERS}"
+            )
         self.text_projection = nn.Dense(self.embed_dim)
         self.log_scale = self.param("log_scale", nn.initializers.constant(INIT_LOG_SCALE), ())
 
@@ -119,10 +140,18 @@ class JointEmbedding(nn.Module):
         """Unit-norm video embeddings `[B, embed_dim]` (float32)."""
         return l2_normalize(self.video_projection(self.video_tower(inputs, train=train)))
 
+    def text_features(self, tokens: jax.Array, mask: jax.Array, *, train: bool) -> jax.Array:
+        """The text tower's output before the projection: LSTM final state or MiniLM sentence."""
+        if self.text_tower_kind == "lstm":
+            _, final = self.text_tower(tokens, mask, train=train)
+            return final
+        if self.freeze_text_tower:
+            return jax.lax.stop_gradient(self.text_tower(tokens, mask, train=False))
+        return self.text_tower(tokens, mask, train=train)
+
     def embed_text(self, tokens: jax.Array, mask: jax.Array, *, train: bool) -> jax.Array:
         """Unit-norm text embeddings `[B, embed_dim]` (float32) of `tokens`, `mask`: `[B, L]`."""
-        _, final = self.text_tower(tokens, mask, train=train)
-        return l2_normalize(self.text_projection(final))
+        return l2_normalize(self.text_projection(self.text_features(tokens, mask, train=train)))
 
     def __call__(self, inputs: dict[str, jax.Array], *, train: bool) -> dict[str, jax.Array]:
         return {

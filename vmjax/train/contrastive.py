@@ -28,6 +28,15 @@ Outputs as the classifier's loop: WORKDIR/metrics.jsonl (one line per evaluation
 events, orbax checkpoints with the data iterator state (resumed automatically), config.json
 (with the resolved dataset directory) and vocabulary.json (the caption tokenizer), so that
 vmjax.retrieval.build_index and `--mode retrieve` need only the workdir. One process only.
+
+Text tower (config.model.text_tower): 'lstm' reads the caption vocabulary's word ids; 'minilm'
+is a pretrained MiniLM (vmjax.models.minilm, config.model.minilm_checkpoint) whose params are
+loaded once here and put into the initial params under 'text_tower' (a resume restores them
+from the run's checkpoint like any params). Its captions, zero-shot queries and `--query` text
+are WordPiece-tokenized by the checkpoint's tokenizer (no [UNK] for ordinary words), padded to
+one fixed length, the smallest of `minilm.length_buckets` holding data.max_caption_tokens, so
+the jitted steps compile once. With model.freeze_text_tower the tower runs deterministically
+without gradient and optax.set_to_zero keeps its params exactly the checkpoint's.
 """
 
 from __future__ import annotations
@@ -44,13 +53,15 @@ import jax
 import ml_collections
 import numpy as np
 import optax
+import tokenizers
 from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from vmjax import metrics
 from vmjax.data import captions, pipeline, synthetic, text
-from vmjax.models.retrieval import JointEmbedding, infonce_loss, logit_scale
+from vmjax.models import minilm
+from vmjax.models.retrieval import TEXT_TOWERS, JointEmbedding, infonce_loss, logit_scale
 from vmjax.train import loop, parallel
 from vmjax.train import state as state_lib
 from vmjax.train.checkpoint import Checkpointer, restore_checkpoint
@@ -85,11 +96,93 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     parallel.local_batch_size(config.eval_batch_size, "eval_batch_size")
     if config.model.text_embed_dim < 1 or config.data.caption_vocab_size < 3:
         raise ValueError("config.model.text_embed_dim >= 1 and data.caption_vocab_size >= 3")
+    if config.model.text_tower not in TEXT_TOWERS:
+        raise ValueError(
+            f"config.model.text_tower={config.model.text_tower!r}; expected one of {TEXT_TOWERS}"
+        )
 
 
-def build_model(config: ml_collections.ConfigDict) -> JointEmbedding:
-    """The JointEmbedding `config.model` describes; its vocabulary is data.caption_vocab_size."""
+@dataclasses.dataclass(frozen=True, eq=False)
+class MiniLMTokenizer:
+    """A MiniLM checkpoint's WordPiece tokenizer, padding every text to one bucket length."""
+
+    tokenizer: tokenizers.Tokenizer  # as minilm.load_sentence_transformer returns it
+    folder: str  # the checkpoint, for messages and config.json
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    def length(self, max_tokens: int) -> int:
+        """The fixed pad length: the smallest of `minilm.length_buckets` >= max_tokens."""
+        truncation = self.tokenizer.truncation
+        longest = truncation["max_length"] if truncation else max_tokens
+        return next(b for b in minilm.length_buckets(longest) if b >= min(max_tokens, longest))
+
+    def tokenize(self, texts: list[str], max_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+        """int32 ids and bool mask `[len(texts), length(max_tokens)]`; longer texts truncated.
+
+        Truncation keeps [CLS] and [SEP], as sentence-transformers truncates at max_seq_length.
+        """
+        length = self.length(max_tokens)
+        tokenizer = tokenizers.Tokenizer.from_str(self.tokenizer.to_str())  # a truncating copy
+        tokenizer.enable_truncation(length)
+        tokens, mask = minilm.tokenize(texts, tokenizer, length)
+        return tokens, mask.astype(bool)
+
+    def unknown_words(self, query: str) -> list[str]:
+        """The whitespace-separated words of `query` whose every WordPiece is [UNK]."""
+        unk = self.tokenizer.token_to_id("[UNK]")
+        words = []
+        for word in query.split():
+            ids = self.tokenizer.encode(word, add_special_tokens=False).ids
+            if ids and all(i == unk for i in ids):
+                words.append(word)
+        return words
+
+
+@functools.lru_cache(maxsize=2)
+def _load_minilm(folder: str) -> minilm.Checkpoint:
+    return minilm.load_sentence_transformer(folder)
+
+
+def minilm_checkpoint(config: ml_collections.ConfigDict) -> tuple[str, minilm.Checkpoint]:
+    """(folder, checkpoint) of config.model.minilm_checkpoint ('' = minilm.default_checkpoint)."""
+    folder = config.model.minilm_checkpoint or str(minilm.default_checkpoint())
+    folder = os.path.abspath(os.path.expanduser(folder))
+    return folder, _load_minilm(folder)
+
+
+def text_tokenizer(config: ml_collections.ConfigDict, caption_tokenizer: text.Tokenizer):
+    """What tokenizes captions and queries: the caption vocabulary, or MiniLM's WordPiece."""
+    if config.model.text_tower != "minilm":
+        return caption_tokenizer
+    folder, checkpoint = minilm_checkpoint(config)
+    return MiniLMTokenizer(checkpoint.tokenizer, folder)
+
+
+def build_model(
+    config: ml_collections.ConfigDict, minilm_module: minilm.MiniLM | None = None
+) -> JointEmbedding:
+    """The JointEmbedding `config.model` describes; its vocabulary is data.caption_vocab_size.
+
+    minilm_module: the checkpoint's module, whose fields size the text tower when
+    model.text_tower='minilm'.
+    """
     m = config.model
+    fields = {}
+    if m.text_tower == "minilm":
+        if minilm_module is None:
+            raise ValueError("build_model: model.text_tower='minilm' needs the MiniLM module")
+        fields = {
+            "text_tower_kind": "minilm",
+            "minilm": {
+                f.name: getattr(minilm_module, f.name)
+                for f in dataclasses.fields(minilm_module)
+                if f.name not in ("parent", "name")
+            },
+            "freeze_text_tower": bool(m.freeze_text_tower),
+        }
     return JointEmbedding(
         embed_dim=m.embed_dim,
         hidden_size=m.hidden_size,
@@ -101,7 +194,23 @@ def build_model(config: ml_collections.ConfigDict) -> JointEmbedding:
         fusion_layers=m.fusion_layers,
         fusion_layer=m.fusion_layer,
         num_bottlenecks=m.num_bottlenecks,
+        **fields,
     )
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """The run's AdamW; a frozen MiniLM text tower gets zero updates (set_to_zero) instead."""
+    tx = state_lib.make_optimizer(config.optimizer, config.num_train_steps)
+    if config.model.text_tower != "minilm" or not config.model.freeze_text_tower:
+        return tx
+
+    def labels(params):
+        return {
+            name: jax.tree.map(lambda _, n=name: "frozen" if n == "text_tower" else "train", tree)
+            for name, tree in params.items()
+        }
+
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 
 def batch_spec(config: ml_collections.ConfigDict) -> pipeline.BatchSpec:
@@ -121,10 +230,15 @@ def model_batch(batch: dict) -> dict:
     }
 
 
-def example_batch(config: ml_collections.ConfigDict, batch_size: int = 1) -> dict:
-    """A zero model batch with the shapes the captioned pipeline produces."""
+def example_batch(
+    config: ml_collections.ConfigDict, batch_size: int = 1, length: int | None = None
+) -> dict:
+    """A zero model batch with the shapes the captioned pipeline produces.
+
+    length: the caption length; default data.max_caption_tokens (a MiniLM tower's is a bucket).
+    """
     batch = pipeline.example_batch(batch_spec(config), batch_size)
-    length = config.data.max_caption_tokens
+    length = length or config.data.max_caption_tokens
     batch["caption_tokens"] = np.zeros((batch_size, length), np.int32)
     batch["caption_mask"] = np.zeros((batch_size, length), bool)
     return model_batch(batch)
@@ -208,7 +322,33 @@ class Placement:
     embed_text: Callable
 
 
-def place(config: ml_collections.ConfigDict, model: JointEmbedding, tx) -> Placement:
+def init_state(model, tx, inputs: dict, rng: jax.Array, text_params=None) -> state_lib.TrainState:
+    """`state_lib.create_train_state`, with `text_params` (if given) as params['text_tower']."""
+    state = state_lib.create_train_state(model, tx, inputs, rng)
+    if text_params is None:
+        return state
+    want = jax.tree.map(lambda x: (x.shape, x.dtype), state.params["text_tower"])
+    got = jax.tree.map(lambda x: (x.shape, x.dtype), text_params)
+    if want != got:
+        raise ValueError(
+            f"the MiniLM checkpoint's params do not fit the text tower: expected {want}, got {got}"
+        )
+    params = {**state.params, "text_tower": text_params}
+    return state.replace(params=params, opt_state=tx.init(params))
+
+
+def place(
+    config: ml_collections.ConfigDict,
+    model: JointEmbedding,
+    tx,
+    text_params=None,
+    caption_length: int | None = None,
+) -> Placement:
+    """The steps of `config` jitted on its mesh.
+
+    text_params: the pretrained text tower's params for the initial state (MiniLM).
+    caption_length: the caption tokens' length (default data.max_caption_tokens).
+    """
     mesh = parallel.make_mesh(config.mesh.fsdp)
     batch_sharding = NamedSharding(mesh, P(parallel.BATCH_AXES))
     replicated = NamedSharding(mesh, P())
@@ -238,11 +378,11 @@ def place(config: ml_collections.ConfigDict, model: JointEmbedding, tx) -> Place
         functools.partial(embed_text_step, model=model, dtype=config.dtype),
         out_shardings=replicated,
     )
-    create = jax.jit(functools.partial(state_lib.create_train_state, model, tx))
-    inputs = model_inputs(example_batch(config))
+    create = jax.jit(functools.partial(init_state, model, tx))
+    inputs = model_inputs(example_batch(config, length=caption_length))
     return Placement(
         mesh,
-        lambda: create(inputs, jax.random.PRNGKey(config.seed)),
+        lambda: create(inputs, jax.random.PRNGKey(config.seed), text_params),
         put_state,
         put_batch,
         train,
@@ -263,9 +403,16 @@ def setup(config: ml_collections.ConfigDict) -> tuple[JointEmbedding, object, Pl
     """
     key = config.to_json_best_effort(sort_keys=True)
     if key not in _SETUPS:
-        model = build_model(config)
-        tx = state_lib.make_optimizer(config.optimizer, config.num_train_steps)
-        _SETUPS[key] = (model, tx, place(config, model, tx))
+        module, text_params, length = None, None, None
+        if config.model.text_tower == "minilm":
+            folder, checkpoint = minilm_checkpoint(config)
+            module, text_params = checkpoint.module, checkpoint.params
+            length = MiniLMTokenizer(checkpoint.tokenizer, folder).length(
+                config.data.max_caption_tokens
+            )
+        model = build_model(config, module)
+        tx = make_optimizer(config)
+        _SETUPS[key] = (model, tx, place(config, model, tx, text_params, length))
         while len(_SETUPS) > _MAX_SETUPS:
             del _SETUPS[next(iter(_SETUPS))]
     return _SETUPS[key]
@@ -284,6 +431,16 @@ def split_files(data_dir: str, split: str) -> list[str]:
         raise ValueError(f"split={split!r}; expected one of {synthetic.SPLITS}")
     train, validate = synthetic.patterns(data_dir, "frame")
     return pipeline.resolve_files(train if split == "train" else validate, f"{split} split")
+
+
+def caption_table(path: str, tokenizer, max_tokens: int) -> captions.CaptionTable:
+    """The captions of `path` tokenized by the run's text tokenizer (see `text_tokenizer`)."""
+    if not isinstance(tokenizer, MiniLMTokenizer):
+        return captions.CaptionTable.build(path, tokenizer, max_tokens)
+    table = captions.read_captions(path)
+    tokens, mask = tokenizer.tokenize(list(table.values()), max_tokens)
+    rows = {video_id: row for row, video_id in enumerate(table)}
+    return captions.CaptionTable(path, rows, tokens, mask.sum(axis=1, dtype=np.int32))
 
 
 @dataclasses.dataclass
@@ -305,7 +462,7 @@ def embed_split(
     split: str,
 ) -> Embedded:
     """Every video of `split` and its caption through `embed(params, batch)` (Placement.embed)."""
-    table = captions.CaptionTable.build(
+    table = caption_table(
         captions.caption_path(data_dir, split), tokenizer, config.data.max_caption_tokens
     )
     batches = captions.eval_batches(
@@ -327,10 +484,13 @@ def embed_split(
     return result
 
 
-def tokenize(
-    tokenizer: text.Tokenizer, texts: list[str], max_tokens: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Padded int32 ids and their mask, `[len(texts), max_tokens]` each."""
+def tokenize(tokenizer, texts: list[str], max_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    """Padded int32 ids and their mask, `[len(texts), max_tokens]` each.
+
+    tokenizer: the caption vocabulary, or a MiniLMTokenizer (its bucket length, not max_tokens).
+    """
+    if isinstance(tokenizer, MiniLMTokenizer):
+        return tokenizer.tokenize(texts, max_tokens)
     tokens = np.zeros((len(texts), max_tokens), np.int32)
     for row, s in enumerate(texts):
         ids = tokenizer.encode(s, max_tokens)
@@ -426,6 +586,8 @@ def _write_workdir_files(config, workdir: str, data_dir: str, tokenizer: text.To
             "jax_devices": len(jax.devices()),
         },
     }
+    if config.model.text_tower == "minilm":
+        resolved["resolved"]["minilm_checkpoint"] = minilm_checkpoint(config)[0]
     with open(os.path.join(workdir, CONFIG), "w") as f:
         json.dump(resolved, f, indent=2)
     shutil.copyfile(captions.vocabulary_path(data_dir), os.path.join(workdir, VOCABULARY))
@@ -439,20 +601,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
     check_config(config)
     workdir = os.path.abspath(os.path.expanduser(workdir))
     os.makedirs(workdir, exist_ok=True)
-    data_dir, tokenizer = prepare_data(config)
-    _write_workdir_files(config, workdir, data_dir, tokenizer)
+    data_dir, caption_tokenizer = prepare_data(config)
+    _write_workdir_files(config, workdir, data_dir, caption_tokenizer)
+    tokenizer = text_tokenizer(config, caption_tokenizer)
 
     _, _, place_ = setup(config)
     state = place_.init()
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info(
-        "JointEmbedding: %s parameters on %d devices; caption vocabulary %d ids",
+        "JointEmbedding: %s parameters on %d devices; text tokenizer of %d ids",
         f"{num_params:,}",
         jax.device_count(),
         tokenizer.vocab_size,
     )
     state = place_.put_state(state)
-    table = captions.CaptionTable.build(
+    table = caption_table(
         captions.caption_path(data_dir, "train"), tokenizer, config.data.max_caption_tokens
     )
     d = config.data
@@ -573,13 +736,13 @@ def summary(result: dict) -> str:
 
 @dataclasses.dataclass
 class Trained:
-    """A restored run: its config, model, parameters (on the devices) and caption tokenizer."""
+    """A restored run: its config, model, parameters (on the devices) and text tokenizer."""
 
     config: ml_collections.ConfigDict
     step: int
     params: object
     place: Placement
-    tokenizer: text.Tokenizer
+    tokenizer: text.Tokenizer | MiniLMTokenizer  # see `text_tokenizer`
     data_dir: str
 
 
@@ -607,7 +770,8 @@ def load_trained(
 ) -> Trained:
     """Restores checkpoint `step` (default: the latest) of a retrieval run in `workdir`.
 
-    config: default the one the run saved; the tokenizer is the run's WORKDIR/vocabulary.json.
+    config: default the one the run saved; the tokenizer is the run's WORKDIR/vocabulary.json,
+      or for a MiniLM text tower the checkpoint's WordPiece tokenizer.
     """
     workdir = os.path.abspath(os.path.expanduser(workdir))
     saved = read_config(workdir)
@@ -624,7 +788,7 @@ def load_trained(
     vocabulary = os.path.join(workdir, VOCABULARY)
     if not os.path.exists(vocabulary):
         raise FileNotFoundError(f"{vocabulary} does not exist: train the run first (--mode train)")
-    tokenizer = text.Tokenizer.load(vocabulary)
+    tokenizer = text_tokenizer(config, text.Tokenizer.load(vocabulary))
     with open(os.path.join(workdir, CONFIG)) as f:
         data_dir = json.load(f)["resolved"]["embedded_data_dir"]
     _, _, place_ = setup(config)
