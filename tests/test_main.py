@@ -137,7 +137,7 @@ def test_retrieval_config_trains_then_retrieve_prints_ranked_videos_with_classes
         "5",
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "not in the caption vocabulary (read as [UNK]): qwzx" in out.stdout
+    assert "not in the text tower's vocabulary (read as [UNK]): qwzx" in out.stdout
     lines = out.stdout.splitlines()
     header = lines.index(f"Top 5 of 24 validate videos for {query!r} (step 2, cosine):")
     hits = lines[header + 1 :]

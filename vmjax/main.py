@@ -180,11 +180,12 @@ def _retrieval(is_retrieval_config: bool) -> None:
     found = retrieval.search_text(FLAGS.workdir, FLAGS.query, FLAGS.top_k, config=FLAGS.config)
     if found.all_unknown:
         print(
-            f"Note: no word of {FLAGS.query!r} is in the caption vocabulary; the query embeds as "
-            "[UNK] only, so this ranking says nothing about it."
+            f"Note: no word of {FLAGS.query!r} is in the text tower's vocabulary; the query "
+            "embeds as [UNK] only, so this ranking says nothing about it."
         )
     elif found.unknown:
-        print(f"Note: not in the caption vocabulary (read as [UNK]): {', '.join(found.unknown)}")
+        unknown = ", ".join(found.unknown)
+        print(f"Note: not in the text tower's vocabulary (read as [UNK]): {unknown}")
     hits = found.hits
     print(
         f"Top {hits.ids.shape[1]} of {found.num_videos} {FLAGS.config.index_split} videos for "
