@@ -30,8 +30,12 @@ import tempfile
 import threading
 import time
 
-import httpx
 import numpy as np
+
+try:
+    import httpx  # the HTTP client: in the test extra, not a runtime dependency of vmjax
+except ImportError:
+    sys.exit("benchmarks/serve.py needs httpx: pip install -e '.[test]' (or pip install httpx)")
 
 from vmjax import export as export_lib
 

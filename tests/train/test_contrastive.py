@@ -113,22 +113,6 @@ def _validate_inputs(config, data_dir: str, workdir: str) -> dict:
     return out
 
 
-def _model(config) -> JointEmbedding:
-    m = config.model
-    return JointEmbedding(
-        embed_dim=m.embed_dim,
-        hidden_size=m.hidden_size,
-        vivit=m.vivit.to_dict(),
-        text_vocab_size=config.data.caption_vocab_size,
-        text_embed_dim=m.text_embed_dim,
-        fusion=m.fusion,
-        modalities=m.modalities,
-        fusion_layers=m.fusion_layers,
-        fusion_layer=m.fusion_layer,
-        num_bottlenecks=m.num_bottlenecks,
-    )
-
-
 def _class_queries(data_dir, labels, tokenizer, length):
     """Named classes among the labels, in class order, as padded query tokens."""
     with open(os.path.join(data_dir, "classes.csv"), newline="") as f:
@@ -149,7 +133,7 @@ def _restored_params(workdir: str, step: int):
 @pytest.fixture(scope="module")
 def reference(run):
     inputs = _validate_inputs(run.config, run.data_dir, run.workdir)
-    model = _model(run.config)
+    model = contrastive.build_model(run.config)
     classes, q_tokens, q_mask = _class_queries(
         run.data_dir, inputs["labels"], inputs["tokenizer"], run.config.data.max_caption_tokens
     )
