@@ -95,6 +95,22 @@ QUICK_SIZES = {
 SINGLE = ("logistic", "moe", "frame_logistic", "frame_moe", "dbof", "lstm", "netvlad", "nextvlad")
 SINGLE += ("vivit",)
 BASELINES = ("logistic_regression", "random_forest")
+# The third family, unsupervised fusion (configs/audiovisual.py): the multimodal rgb and audio
+# encoders pretrained by audio-visual contrastive learning on the train videos without their
+# labels (one run per budget, shared), then a logistic head on their concatenated embeddings:
+# trained alone (a linear probe), trained with the encoders (fine-tune), and the same probe on
+# randomly initialised encoders (the baseline the pretraining must beat).
+UNSUPERVISED = {
+    "unsupervised probe": "probe",
+    "unsupervised fine-tune": "finetune",
+    "random-encoder probe": "random_probe",
+}
+# A probe trains only a linear head: the logistic rows' learning rate (the fine-tune keeps the
+# multimodal rows' 0.003).
+PROBE = {"optimizer.learning_rate": 0.01}
+# The pretraining's own settings on top of the multimodal CPU sizes and the budget's steps and
+# batch (so it sees as many videos as a row trains on, without labels).
+PRETRAIN = {"optimizer.learning_rate": 0.001, "pretrain.embed_dim": 128}
 ORDER_AWARE = ("lstm", "vivit")  # single-encoder models that see frame order
 RGB_KINDS = ("visual", "cross_modal", "temporal")  # class kinds whose evidence is in rgb
 
@@ -110,6 +126,8 @@ def _rows() -> dict[str, tuple[str, dict]]:
                 "multimodal",
                 {"model.fusion": fusion, "model.modalities": kept},
             )
+    for label, stage in UNSUPERVISED.items():
+        rows[label] = ("audiovisual", {"stage": stage})
     for name in BASELINES:
         rows[f"sklearn {name}"] = ("sklearn", {"model": name})
     return rows
@@ -118,8 +136,8 @@ def _rows() -> dict[str, tuple[str, dict]]:
 ROWS = _rows()
 
 
-def get_config(preset: str):
-    spec = importlib.util.spec_from_file_location("yt8m_config", ROOT / "configs" / "yt8m.py")
+def get_config(preset: str, file: str = "yt8m.py"):
+    spec = importlib.util.spec_from_file_location(f"zoo_{file[:-3]}", ROOT / "configs" / file)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(preset)
@@ -139,6 +157,8 @@ def run_row(label: str, budget: str, workdir: str) -> dict:
     preset, extra = ROWS[label]
     if preset == "sklearn":
         return _run_baseline(label, extra["model"], budget)
+    if preset == "audiovisual":
+        return _run_unsupervised(label, extra["stage"], budget, workdir)
     from vmjax.tools.summary import summarize
     from vmjax.train import loop
 
@@ -169,6 +189,96 @@ def run_row(label: str, budget: str, workdir: str) -> dict:
         "command": f"python -m vmjax.main --config configs/yt8m.py:{preset} --workdir W {args}",
         **{k: v for k, v in result.items() if k.startswith(("gap", "map", "hit", "oracle"))},
     }
+
+
+def _multimodal_overrides(budget: str) -> dict:
+    """The multimodal rows' CPU sizes and the budget: the unsupervised rows' encoders match."""
+    steps = BUDGETS[budget]["num_train_steps"]
+    return {
+        **CPU["common"],
+        **CPU["multimodal"],
+        **(QUICK_SIZES["multimodal"] if budget == "quick" else {}),
+        **BUDGETS[budget],
+        "eval_every": steps,
+        "checkpoint_every": steps,
+    }
+
+
+def _args(overrides: dict) -> str:
+    return " ".join(f"--config.{k}={v}" for k, v in overrides.items())
+
+
+def _pretrain(budget: str, workdir: str) -> dict:
+    """The audio-visual pretraining run of `budget`, trained once and reused by later rows."""
+    from vmjax.train import audiovisual
+
+    overrides = {**_multimodal_overrides(budget), **PRETRAIN}
+    run_dir = os.path.join(workdir, f"audiovisual_pretrain_{budget}")
+    done = pathlib.Path(run_dir) / "zoo_pretrain.json"
+    if done.exists():
+        saved = json.loads(done.read_text())
+        if saved["overrides"] == overrides:
+            return saved
+    config = get_config("", "audiovisual.py")
+    apply(config, overrides)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    start = time.time()
+    result = audiovisual.train_and_evaluate(config, run_dir)
+    saved = {
+        "overrides": overrides,
+        "workdir": run_dir,
+        "seconds": round(time.time() - start, 1),
+        "audio_to_rgb_r@10": result["audio_to_rgb/r@10"],
+        "rgb_to_audio_r@10": result["rgb_to_audio/r@10"],
+        "num_videos": result["num_videos"],
+        "command": f"python -m vmjax.main --config configs/audiovisual.py --workdir PRE "
+        f"{_args(overrides)}",
+    }
+    done.write_text(json.dumps(saved, indent=2))
+    return saved
+
+
+def _run_unsupervised(label: str, stage: str, budget: str, workdir: str) -> dict:
+    """A head on the concatenated rgb and audio encoders: pretrained (probe, fine-tune) or not."""
+    from vmjax.tools.summary import summarize
+    from vmjax.train import loop
+
+    steps, batch_size = (BUDGETS[budget][k] for k in ("num_train_steps", "batch_size"))
+    overrides = _multimodal_overrides(budget)
+    if stage != "finetune":
+        overrides.update(PROBE)
+    config = get_config(stage, "audiovisual.py")
+    apply(config, overrides)
+    pre = None
+    command = ""
+    if stage != "random_probe":
+        pre = _pretrain(budget, workdir)
+        config.init_from.workdir = pre["workdir"]
+        command = f"{pre['command']} && "
+        overrides = {**overrides, "init_from.workdir": "PRE"}
+    row_dir = os.path.join(workdir, label.replace(" ", "_"))
+    shutil.rmtree(row_dir, ignore_errors=True)
+    start = time.time()
+    result = loop.train_and_evaluate(config, row_dir)
+    seconds = time.time() - start
+    command += (
+        f"python -m vmjax.main --config configs/audiovisual.py:{stage} --workdir W "
+        f"{_args(overrides)}"
+    )
+    row = {
+        "label": label,
+        "params": summarize(config)["params"],
+        "seconds": round(seconds, 1),
+        "examples_per_s": round(steps * batch_size / seconds, 1),
+        "train_videos": steps * batch_size,
+        "command": command,
+        **{k: v for k, v in result.items() if k.startswith(("gap", "map", "hit", "oracle"))},
+    }
+    if pre:
+        row["pretrain_seconds"] = pre["seconds"]
+        row["pretrain_audio_to_rgb_r@10"] = pre["audio_to_rgb_r@10"]
+        row["pretrain_chance_r@10"] = min(10 / pre["num_videos"], 1.0)
+    return row
 
 
 def _run_baseline(label: str, name: str, budget: str) -> dict:
@@ -238,7 +348,13 @@ def write_results(rows: list[dict], oracle: dict, path: str, budget: str) -> Non
         "oracle's GAP "
         "(label noise keeps it below 1); the kind columns are GAP@20 over each class kind "
         "(visual, audio, cross-modal, temporal, text). `multimodal F - M` is fusion F with "
-        f"modality M removed. scikit-learn rows fit {BASELINE_TRAIN[budget]:,} train videos' "
+        f"modality M removed. The unsupervised rows are the third family, unsupervised "
+        "fusion: a logistic head on the multimodal rgb and audio encoders after audio-visual "
+        "contrastive pretraining on the train videos without their labels (configs/"
+        "audiovisual.py, as many steps and videos as a row; its command precedes the row's), "
+        "trained alone (probe) or with the encoders (fine-tune); random-encoder probe is the "
+        "same probe on untrained encoders. "
+        f"scikit-learn rows fit {BASELINE_TRAIN[budget]:,} train videos' "
         "video-level features (mean rgb + mean audio); their params count fitted coefficients "
         "or tree nodes. train ex/s is wall-clock throughput of the whole row (evaluation "
         "included; for scikit-learn: train videos / fit seconds) on a shared VM, where the "
@@ -382,12 +498,52 @@ def conclusions(rows: list[dict], budget: str) -> str:
                     else "."
                 )
             )
+    unsupervised = unsupervised_summary(by)
+    if unsupervised:
+        text.append(unsupervised)
     if budget == "quick":
         text.append(
             "At this budget most multimodal rows are undertrained; the full table "
             "(`python benchmarks/zoo.py`) is the one to draw conclusions from."
         )
     return " ".join(text)
+
+
+def unsupervised_summary(by: dict[str, dict]) -> str:
+    """The third family in a few sentences: the probe against random encoders, the fine-tune
+    against the same inputs trained from scratch ('' until the three rows are present)."""
+    if any(label not in by for label in UNSUPERVISED):
+        return ""
+    probe, tuned, random = (by[label] for label in UNSUPERVISED)
+    margin = probe["gap"] - random["gap"]
+    text = (
+        "Unsupervised fusion (the rgb and audio encoders pretrained by audio-visual contrastive "
+        "learning without labels, a logistic head on their concatenated embeddings): the "
+        f"linear probe reaches GAP {probe['gap']:.3f} against {random['gap']:.3f} for the same "
+        "probe on randomly initialised encoders, "
+        + (
+            f"a margin of {margin:+.3f}"
+            + (
+                f" (cross-modal {probe['gap_cross_modal']:.3f} vs {random['gap_cross_modal']:.3f})"
+                if "gap_cross_modal" in probe
+                else ""
+            )
+            + ": what the encoders learn from matching a video's rgb to its own audio carries "
+            "over to the labels."
+            if margin > 0.01
+            else f"a difference of {margin:+.3f}: at this budget the pretraining did not "
+            "produce features a linear head reads better than random ones."
+        )
+    )
+    scratch = "multimodal concat - text"  # the same inputs and fusion, trained with labels
+    if scratch in by:
+        diff = tuned["gap"] - by[scratch]["gap"]
+        text += (
+            f" Fine-tuning the pretrained encoders with the head gives {tuned['gap']:.3f}, "
+            f"{diff:+.3f} against concat fusion of the same rgb and audio encoders trained from "
+            f"scratch ({by[scratch]['gap']:.3f}, MoE head)."
+        )
+    return text
 
 
 def findings(rows: list[dict], oracle: dict, budget: str) -> list[str]:
@@ -451,6 +607,17 @@ def findings(rows: list[dict], oracle: dict, budget: str) -> list[str]:
             + ", ".join(f"{m} {gap(m, 'temporal'):.3f}" for m in aware)
             + f"; best order-blind: {best_blind} {gap(best_blind, 'temporal'):.3f}. Above the "
             f"ceiling: {', '.join(solved) or 'none'}."
+        )
+    if all(label in by for label in UNSUPERVISED):
+        probe, tuned, random = (by[label] for label in UNSUPERVISED)
+        out.append(
+            "- Unsupervised fusion: linear probe of the audio-visual pretrained encoders GAP "
+            f"{probe['gap']:.3f}, on random encoders {random['gap']:.3f} "
+            f"({probe['gap'] - random['gap']:+.3f}); fine-tuned {tuned['gap']:.3f}. The "
+            f"pretraining ({probe['pretrain_seconds'] / 60:.1f} min, labels never read) finds "
+            "each eval video's rgb from its audio with R@10 "
+            f"{probe['pretrain_audio_to_rgb_r@10']:.3f} (chance "
+            f"{probe['pretrain_chance_r@10']:.3f})."
         )
     sk = [r["label"] for r in rows if r["label"].startswith("sklearn")]
     if sk and "logistic" in by:

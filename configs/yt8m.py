@@ -110,6 +110,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.fusion_layers = 3  # multimodal bottleneck: transformer layers per modality
     c.model.fusion_layer = 1  # multimodal bottleneck: first layer exchanging via bottlenecks
     c.model.num_bottlenecks = 4  # multimodal bottleneck: shared bottleneck tokens
+    c.model.head = "moe"  # multimodal: moe | logistic (a linear probe of the fused embedding)
 
     # Train-time augmentation inside the jitted step (vmjax.data.augment); 0 / False = off.
     c.augment = ml_collections.ConfigDict()
@@ -130,6 +131,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.end_learning_rate_factor = 0.01  # cosine decay ends at this fraction of the peak
     c.optimizer.weight_decay = 0.0  # decoupled (AdamW) weight decay
     c.optimizer.clip_norm = 1.0  # global-norm gradient clipping; 0 disables
+
+    # Start from another run's modules, and keep modules fixed (vmjax.train.pretrained;
+    # presets in configs/audiovisual.py: probes of audio-visual pretrained encoders).
+    c.init_from = ml_collections.ConfigDict()
+    c.init_from.workdir = ""  # a run whose latest checkpoint initialises init_from.modules
+    c.init_from.modules = "rgb,audio"  # top-level parameter subtrees taken from it
+    c.freeze = ""  # top-level parameter subtrees never updated, e.g. 'rgb,audio' (a probe)
 
     # Model compression (vmjax.compress; presets in configs/compress.py).
     c.compress = ml_collections.ConfigDict()

@@ -1,11 +1,15 @@
-"""vmjax entry point: flags only; the work happens in vmjax.train.loop (classification) or
-vmjax.train.contrastive (configs with task='retrieval', e.g. configs/retrieval.py).
+"""vmjax entry point: flags only; the work happens in vmjax.train.loop (classification),
+vmjax.train.contrastive (configs with task='retrieval', e.g. configs/retrieval.py) or
+vmjax.train.audiovisual (task='audiovisual': configs/audiovisual.py's pretraining).
 
 python -m vmjax.main --config configs/yt8m.py --workdir /tmp/w
 python -m vmjax.main --config configs/yt8m.py:smoke --workdir /tmp/w --config.batch_size=64
 python -m vmjax.main --config configs/retrieval.py:smoke --workdir /tmp/r
 python -m vmjax.main --config configs/retrieval.py:smoke --workdir /tmp/r --mode retrieve \
     --query "guitar solo on stage" --top_k 10
+python -m vmjax.main --config configs/audiovisual.py:smoke --workdir /tmp/av
+python -m vmjax.main --config configs/audiovisual.py:probe,smoke --workdir /tmp/p \
+    --config.init_from.workdir=/tmp/av
 
 Multi-host: on a SLURM job or a Cloud TPU VM slice jax.distributed is initialised from the
 environment; elsewhere pass --coordinator_address, --num_processes and --process_id (see
@@ -39,7 +43,8 @@ flags.DEFINE_enum(
     "train",
     ["train", "eval", "predict", "retrieve"],
     "train: train, evaluating every config.eval_every steps (a config with task='retrieval' "
-    "trains the text-video joint embedding). eval: metrics of a checkpoint "
+    "trains the text-video joint embedding, task='audiovisual' pretrains the rgb and audio "
+    "encoders without labels). eval: metrics of a checkpoint "
     "(--step, default the latest) on the eval data, with per-class AP, into WORKDIR/eval/. "
     "predict: the Kaggle CSV (VideoId,LabelConfidencePairs) for the eval data. "
     "retrieve (retrieval runs): the --top_k videos nearest to --query, from WORKDIR/index.npz "
@@ -108,7 +113,11 @@ def main(argv):
         )
     from vmjax.train import loop  # after flag parsing: importing JAX code is slow
 
-    retrieval = "task" in FLAGS.config and FLAGS.config.task == "retrieval"
+    task = FLAGS.config.get("task", "classify")
+    if task == "audiovisual":
+        _audiovisual()
+        return
+    retrieval = task == "retrieval"
     if retrieval or FLAGS.mode == "retrieve":
         _retrieval(retrieval)
         return
@@ -149,6 +158,20 @@ def main(argv):
             f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()
         )
         print(f"Final evaluation: {summary}")
+
+
+def _audiovisual() -> None:
+    """--mode train of an audio-visual pretraining config (vmjax.train.audiovisual)."""
+    if FLAGS.segments or FLAGS.mode != "train":
+        raise app.UsageError(
+            "an audio-visual pretraining config (task='audiovisual') runs --mode train only; "
+            "evaluate its encoders with a probe: configs/audiovisual.py:probe"
+        )
+    from vmjax.train import audiovisual
+
+    result = audiovisual.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    if result:
+        print(audiovisual.summary(result))
 
 
 def _retrieval(is_retrieval_config: bool) -> None:

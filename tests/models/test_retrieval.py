@@ -52,6 +52,8 @@ def ref_infonce_grads(video, text, log_scale):
 # Jitted once: eager op-by-op dispatch of the loss and its gradient costs seconds on CPU.
 _loss = jax.jit(infonce_loss)
 _loss_grads = jax.jit(jax.grad(infonce_loss, argnums=(0, 1, 2)))
+_weighted_loss = jax.jit(lambda v, t, s, w: infonce_loss(v, t, s, weights=w))
+_weighted_grads = jax.jit(jax.grad(lambda v, t, s, w: infonce_loss(v, t, s, weights=w), (0, 1, 2)))
 
 
 def _unit_rows(rng, n, d):
@@ -96,6 +98,36 @@ def test_infonce_gradients_match_numpy_and_stop_at_the_clip():
     assert float(_loss_grads(video, text, np.float32(5.0))[2]) == 0.0
 
 
+def test_infonce_masks_padding_rows():
+    # Rows with weight 0 are neither queries nor negatives: the loss is the plain InfoNCE of
+    # the real rows alone, whatever the padding rows hold, and they get no gradient.
+    rng = np.random.default_rng(3)
+    video, text = _unit_rows(rng, 7, 5), _unit_rows(rng, 7, 5)
+    weights = np.array([1, 0, 1, 1, 0, 1, 1], np.float32)
+    real = weights > 0
+    log_scale = np.float32(np.log(10.0))
+    got = float(_weighted_loss(video, text, log_scale, weights))
+    np.testing.assert_allclose(
+        got, ref_infonce(video[real], text[real], float(log_scale)), rtol=1e-5
+    )
+    other = video.copy()
+    other[~real] = _unit_rows(rng, 2, 5)  # different padding content: the same loss
+    np.testing.assert_allclose(_weighted_loss(other, text, log_scale, weights), got, rtol=1e-6)
+    grads = _weighted_grads(video, text, log_scale, weights)
+    want = ref_infonce_grads(video[real], text[real], float(log_scale))
+    for g, w in zip(grads[:2], want[:2], strict=True):
+        np.testing.assert_allclose(g[real], w, rtol=1e-4, atol=1e-6)
+        assert np.all(np.asarray(g)[~real] == 0.0)
+    np.testing.assert_allclose(grads[2], want[2], rtol=1e-4, atol=1e-6)
+    # All-ones weights are the unweighted loss; no real row at all is a loss of 0.
+    np.testing.assert_allclose(
+        _weighted_loss(video, text, log_scale, np.ones(7, np.float32)),
+        _loss(video, text, log_scale),
+        rtol=1e-6,
+    )
+    assert float(_weighted_loss(video, text, log_scale, np.zeros(7, np.float32))) == 0.0
+
+
 def test_infonce_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="infonce_loss: video_emb and text_emb"):
         infonce_loss(np.zeros((4, 3)), np.zeros((5, 3)), 0.0)
@@ -134,6 +166,20 @@ def test_all_gathered_loss_and_gradients_equal_one_device(report, run):
     for got, want in ((params, want_params), (rows, want_rows)):
         for key in want:
             np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_padding_rows_are_masked_across_devices(report):
+    # One device holds only padding rows; the gathered loss still equals one device's.
+    r, want = report["weighted_shard_map"], report["weighted_reference"]
+    np.testing.assert_allclose(r["loss"], want["loss"], rtol=1e-6)
+    for got, ref in zip(r["grads"], want["grads"], strict=True):
+        for key in ref:
+            np.testing.assert_allclose(got[key], ref[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    from tests.train import retrieval_worker as w
+
+    rows = want["grads"][1]["video_features"]
+    assert all(not any(rows[i]) for i in w.PADDING_ROWS)
+    assert want["loss"] != report["loss"]  # the padding did change the batch's loss
 
 
 def test_without_the_gather_the_loss_would_differ(report):

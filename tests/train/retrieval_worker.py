@@ -3,7 +3,9 @@
 Computes the InfoNCE loss of one global batch and its gradients (w.r.t. a projection, the
 log scale and the input features) on one device, and with the batch split over devices:
 `jax.shard_map` with the grad taken outside or inside it, a ('data', 'fsdp') mesh gathering
-over both axes, and `jax.pmap` with the per-device gradients averaged. Prints one JSON line.
+over both axes, and `jax.pmap` with the per-device gradients averaged; and a batch with
+padding rows (weight 0, one device holding only padding) on one device and under shard_map.
+Prints one JSON line.
 """
 
 import functools
@@ -28,6 +30,15 @@ def batch():
     }
 
 
+PADDING_ROWS = (2, 9, 10, 11, 23)  # device 3 holds rows 9-11: padding only
+
+
+def weighted_batch():
+    weights = np.ones(GLOBAL, np.float32)
+    weights[list(PADDING_ROWS)] = 0.0
+    return {**batch(), "weights": weights}
+
+
 def params():
     rng = np.random.default_rng(1)
     return {
@@ -41,15 +52,16 @@ def params():
 def loss_fn(params, batch, axis_name=None):
     video = l2_normalize(batch["video_features"] @ params["video_w"])
     text = l2_normalize(batch["text_features"] @ params["text_w"])
-    return infonce_loss(video, text, params["log_scale"], axis_name)
+    return infonce_loss(video, text, params["log_scale"], axis_name, batch.get("weights"))
 
 
 def host(tree):
     return jax.tree.map(lambda x: np.asarray(x, np.float64).tolist(), tree)
 
 
-def reference():
-    loss, grads = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1)))(params(), batch())
+def reference(b=None):
+    b = batch() if b is None else b
+    loss, grads = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1)))(params(), b)
     return loss, grads
 
 
@@ -63,7 +75,7 @@ def local_only_loss():
     return float(np.mean(losses))
 
 
-def shard_map_outside(mesh, axes):
+def shard_map_outside(mesh, axes, b=None):
     spec = P(axes)
     f = jax.shard_map(
         functools.partial(loss_fn, axis_name=axes),
@@ -71,7 +83,7 @@ def shard_map_outside(mesh, axes):
         in_specs=(P(), spec),
         out_specs=P(),
     )
-    b = jax.device_put(batch(), NamedSharding(mesh, spec))
+    b = jax.device_put(batch() if b is None else b, NamedSharding(mesh, spec))
     return jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(params(), b)
 
 
@@ -120,6 +132,12 @@ def main():
         "pmap": pmapped,
     }
     for name, run in runs.items():
+        loss, grads = run()
+        report[name] = {"loss": float(np.asarray(loss)), "grads": host(grads)}
+    for name, run in {
+        "weighted_reference": lambda: reference(weighted_batch()),
+        "weighted_shard_map": lambda: shard_map_outside(mesh, "data", weighted_batch()),
+    }.items():
         loss, grads = run()
         report[name] = {"loss": float(np.asarray(loss)), "grads": host(grads)}
     print("REPORT " + json.dumps(report))

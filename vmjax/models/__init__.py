@@ -45,6 +45,12 @@ PIXEL_MODELS: dict[str, type[nn.Module]] = {
 _NOT_HPARAMS = ("parent", "name", "num_classes")
 
 
+def _has_default(field: dataclasses.Field) -> bool:
+    return (
+        field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING
+    )
+
+
 def build_model(model_config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
     """Builds the model `model_config.name` (MODELS or PIXEL_MODELS) with the fields it declares."""
     models = MODELS | PIXEL_MODELS
@@ -53,7 +59,9 @@ def build_model(model_config: ml_collections.ConfigDict, num_classes: int) -> nn
             f"model_config.name={model_config.name!r} is unknown; expected one of {sorted(models)}"
         )
     cls = models[model_config.name]
-    wanted = [f.name for f in dataclasses.fields(cls) if f.name not in _NOT_HPARAMS]
+    fields = [f for f in dataclasses.fields(cls) if f.name not in _NOT_HPARAMS]
+    # A field with a default may be absent (a run saved before the field existed).
+    wanted = [f.name for f in fields if f.name in model_config or not _has_default(f)]
     missing = [k for k in wanted if k not in model_config]
     if missing:
         raise ValueError(

@@ -242,10 +242,11 @@ class ViViTPixels(nn.Module):
 
 MODALITIES = ("rgb", "audio", "text")
 FUSIONS = ("concat", "gated", "bottleneck", "late")
+HEADS = ("moe", "logistic")
 
 
 class Multimodal(nn.Module):
-    """rgb ViViT + audio LSTM + text LSTM, fused by `fusion`, then MoE.
+    """rgb ViViT + audio LSTM + text LSTM, fused by `fusion`, then MoE (or a logistic head).
 
     concat / gated fuse the modality embeddings; late averages per-modality MoE logits;
     bottleneck is MBT: each modality's tokens (rgb ViViT tokens, audio and text LSTM outputs)
@@ -264,12 +265,15 @@ class Multimodal(nn.Module):
     fusion_layers: int  # bottleneck: transformer layers per modality
     fusion_layer: int  # bottleneck: first layer that exchanges through bottlenecks
     num_bottlenecks: int
+    head: str = "moe"  # moe | logistic (one linear layer: a linear probe of the fused embedding)
 
     @nn.compact
     def __call__(self, inputs: dict[str, jax.Array], *, train: bool) -> jax.Array:
         names = [m.strip() for m in self.modalities.split(",") if m.strip()]
         if not names or set(names) - set(MODALITIES):
             raise ValueError(f"model.modalities={self.modalities!r}: choose from {MODALITIES}")
+        if self.head not in HEADS:
+            raise ValueError(f"model.head={self.head!r} is unknown; expected one of {HEADS}")
         if self.fusion not in FUSIONS:
             raise ValueError(f"model.fusion={self.fusion!r} is unknown; expected one of {FUSIONS}")
         tokens, masks, embeddings = encode_modalities(
@@ -283,6 +287,8 @@ class Multimodal(nn.Module):
         )
 
         def head(name):
+            if self.head == "logistic":
+                return LogisticHead(self.num_classes, name=name)
             return MoEHead(self.num_classes, self.num_mixtures, name=name)
 
         if self.fusion == "late":

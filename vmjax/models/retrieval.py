@@ -28,6 +28,7 @@ TEXT_TOWERS = ("lstm", "minilm")
 INIT_LOG_SCALE = math.log(1 / 0.07)  # CLIP's initial temperature 0.07
 MAX_LOG_SCALE = math.log(100.0)  # CLIP clips the logit scale at 100
 _NORM_EPS = 1e-12
+_MASKED_LOGIT = -1e9  # added to padding columns' logits in infonce_loss
 
 
 def l2_normalize(x: jax.Array) -> jax.Array:
@@ -171,11 +172,18 @@ def infonce_loss(
     text_emb: jax.Array,
     log_scale: jax.Array,
     axis_name: str | tuple[str, ...] | None = None,
+    weights: jax.Array | None = None,
 ) -> jax.Array:
     """Symmetric InfoNCE: the mean of video->text and text->video softmax cross-entropies.
 
     With logits s * V T^T (s = `logit_scale(log_scale)`), pair i's positive is column i and the
     other texts (videos) of the batch are its negatives. Embeddings `[B, E]` should be unit norm.
+    The two sides may be any paired views (vmjax.models.audiovisual pairs rgb with audio).
+
+    weights: `[B]`, optional: rows with weight 0 (batch padding) are masked out, neither
+      queries nor anyone's negatives, and the loss is the mean over the rows with weight > 0
+      (the whole global batch's, under axis_name); 0 when no row is real. Weights are
+      indicators: a positive weight counts as 1.
 
     axis_name: None under `jax.jit` on global arrays (one device or a sharded `Mesh`, where
       XLA inserts the collectives itself). Inside `jax.shard_map` (or `pmap`) over a data axis
@@ -201,20 +209,31 @@ def infonce_loss(
             f"{video_emb.shape} and {text_emb.shape}"
         )
     local = video_emb.shape[0]
+    real = jnp.ones((local,), bool) if weights is None else jnp.asarray(weights) > 0
+    if real.shape != (local,):
+        raise ValueError(f"infonce_loss: weights must be [{local}]; got {real.shape}")
     if axis_name is None:
-        all_video, all_text, offset = video_emb, text_emb, 0
+        all_video, all_text, all_real, offset = video_emb, text_emb, real, 0
     else:
         all_video = jax.lax.all_gather(video_emb, axis_name, tiled=True)
         all_text = jax.lax.all_gather(text_emb, axis_name, tiled=True)
+        all_real = jax.lax.all_gather(real, axis_name, tiled=True)
         offset = jax.lax.axis_index(axis_name) * local
     scale = logit_scale(log_scale)
     positives = offset + jnp.arange(local)
-    video_to_text = scale * video_emb @ all_text.T  # [local, global]
-    text_to_video = scale * text_emb @ all_video.T
+    # A padding column is no one's negative: a large finite negative logit (not -inf, so a
+    # padding row's own, discarded loss stays finite and so do the gradients).
+    column_mask = jnp.where(all_real, 0.0, _MASKED_LOGIT)
+    video_to_text = scale * video_emb @ all_text.T + column_mask  # [local, global]
+    text_to_video = scale * text_emb @ all_video.T + column_mask
 
-    def cross_entropy(logits: jax.Array) -> jax.Array:
+    def row_losses(logits: jax.Array) -> jax.Array:
         correct = jnp.take_along_axis(logits, positives[:, None], axis=1)[:, 0]
-        return jnp.mean(jax.nn.logsumexp(logits, axis=1) - correct)
+        return jax.nn.logsumexp(logits, axis=1) - correct
 
-    loss = 0.5 * (cross_entropy(video_to_text) + cross_entropy(text_to_video))
-    return loss if axis_name is None else jax.lax.pmean(loss, axis_name)
+    per_row = 0.5 * (row_losses(video_to_text) + row_losses(text_to_video))
+    total = jnp.sum(jnp.where(real, per_row, 0.0))
+    count = jnp.sum(real, dtype=jnp.float32)
+    if axis_name is not None:
+        total, count = jax.lax.psum((total, count), axis_name)
+    return total / jnp.maximum(count, 1.0)

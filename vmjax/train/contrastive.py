@@ -5,13 +5,11 @@ Data: the embedded dataset's frame-level features (vmjax.data.synthetic) and its
 become the model's `text_tokens` / `text_mask`; the records' own `text_tokens` (a YT8M-style
 keyword feature) are not used. Every other video of the batch is a pair's negative.
 
-Full batches only: the training stream batches with `drop_remainder`, so every row is a real
-video. A padding row (weight 0) would be a zero caption whose embedding still enters every
-row's softmax as a negative, so it is not masked but refused (ValueError naming the step);
-this is also why `data.on_error='skip'` and captionless videos are not supported here.
+Padding rows (weight 0) are masked out of the loss (`infonce_loss(..., weights=)`): they are
+no pair's negatives. The training stream batches with `drop_remainder`, so there are none today.
 
-Steps: `jax.jit` over the repo's ('data', 'fsdp') Mesh (vmjax.train.parallel) with the batch
-sharded over both axes and the state donated. The jitted step sees global arrays, so
+Steps and loop: vmjax.train.contrastive_loop (`jax.jit` over the repo's ('data', 'fsdp') Mesh,
+the batch sharded over both axes, the state donated). The jitted step sees global arrays, so
 `infonce_loss` without an axis name already contrasts every pair with the whole global batch
 (XLA inserts the gathers); that is the all-gather loss of the shard_map form.
 
@@ -46,7 +44,6 @@ import functools
 import json
 import os
 import shutil
-import time
 from collections.abc import Callable
 
 import jax
@@ -62,9 +59,10 @@ from vmjax import metrics
 from vmjax.data import captions, pipeline, synthetic, text
 from vmjax.models import minilm
 from vmjax.models.retrieval import TEXT_TOWERS, JointEmbedding, infonce_loss, logit_scale
-from vmjax.train import loop, parallel
+from vmjax.train import contrastive_loop, loop, parallel
 from vmjax.train import state as state_lib
-from vmjax.train.checkpoint import Checkpointer, restore_checkpoint
+from vmjax.train.checkpoint import restore_checkpoint
+from vmjax.train.contrastive_loop import Placement
 from vmjax.train.step import DTYPES, cast_floats, model_inputs
 
 VOCABULARY = "vocabulary.json"  # the caption tokenizer, copied into the workdir
@@ -199,8 +197,14 @@ def build_model(
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """The run's AdamW; a frozen MiniLM text tower gets zero updates (set_to_zero) instead."""
-    tx = state_lib.make_optimizer(config.optimizer, config.num_train_steps)
+    """The run's AdamW; a frozen MiniLM text tower gets zero updates (set_to_zero) instead.
+
+    Weight decay applies to kernels and embeddings only, not to biases, LayerNorm scales or the
+    learned temperature `log_scale` (decaying it would pull the scale towards 1).
+    """
+    tx = state_lib.make_optimizer(
+        config.optimizer, config.num_train_steps, decay_matrices_only=True
+    )
     if config.model.text_tower != "minilm" or not config.model.freeze_text_tower:
         return tx
 
@@ -267,7 +271,9 @@ def train_step(
             train=True,
             rngs={"dropout": rng},
         )
-        return infonce_loss(out["video"], out["text"], params["log_scale"])
+        return infonce_loss(
+            out["video"], out["text"], params["log_scale"], weights=batch["weights"]
+        )
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -304,24 +310,6 @@ def embed_text_step(
     return model.apply(variables, tokens, mask, train=False, method=JointEmbedding.embed_text)
 
 
-@dataclasses.dataclass
-class Placement:
-    """The steps jitted over a ('data', 'fsdp') mesh, and how to put state and batches there.
-
-    init() -> the initial state (host layout); train(state, batch, rng) -> (state, metrics);
-    embed(params, batch) -> host numpy dict; embed_text(params, tokens, mask) -> host numpy
-    `[B, E]`.
-    """
-
-    mesh: jax.sharding.Mesh
-    init: Callable
-    put_state: Callable
-    put_batch: Callable
-    train: Callable
-    embed: Callable
-    embed_text: Callable
-
-
 def init_state(model, tx, inputs: dict, rng: jax.Array, text_params=None) -> state_lib.TrainState:
     """`state_lib.create_train_state`, with `text_params` (if given) as params['text_tower']."""
     state = state_lib.create_train_state(model, tx, inputs, rng)
@@ -344,55 +332,21 @@ def place(
     text_params=None,
     caption_length: int | None = None,
 ) -> Placement:
-    """The steps of `config` jitted on its mesh.
+    """The steps of `config` jitted on its mesh (contrastive_loop.place).
 
     text_params: the pretrained text tower's params for the initial state (MiniLM).
     caption_length: the caption tokens' length (default data.max_caption_tokens).
     """
-    mesh = parallel.make_mesh(config.mesh.fsdp)
-    batch_sharding = NamedSharding(mesh, P(parallel.BATCH_AXES))
-    replicated = NamedSharding(mesh, P())
-
-    def put_state(state):
-        shardings = jax.tree.map(
-            lambda x: NamedSharding(mesh, parallel.fsdp_spec(np.shape(x), config.mesh.fsdp)),
-            state,
-        )
-        return jax.device_put(state, shardings)
-
-    def put_batch(batch):
-        return jax.tree.map(
-            lambda x: jax.make_array_from_process_local_data(batch_sharding, np.asarray(x)),
-            batch,
-        )
-
-    train = jax.jit(
-        functools.partial(train_step, model=model, tx=tx, dtype=config.dtype),
-        out_shardings=(None, replicated),
-        donate_argnums=0,
-    )
-    embed = jax.jit(
-        functools.partial(embed_step, model=model, dtype=config.dtype), out_shardings=replicated
-    )
-    embed_text = jax.jit(
-        functools.partial(embed_text_step, model=model, dtype=config.dtype),
-        out_shardings=replicated,
-    )
-    create = jax.jit(functools.partial(init_state, model, tx))
     inputs = model_inputs(example_batch(config, length=caption_length))
-    return Placement(
-        mesh,
-        lambda: create(inputs, jax.random.PRNGKey(config.seed), text_params),
-        put_state,
-        put_batch,
-        train,
-        lambda params, batch: jax.device_get(embed(params, put_batch(model_batch(batch)))),
-        lambda params, tokens, mask: np.asarray(embed_text(params, *put_batch((tokens, mask)))),
+    return contrastive_loop.place(
+        config,
+        init=functools.partial(init_state, model, tx),
+        init_args=(inputs, jax.random.PRNGKey(config.seed), text_params),
+        train_step=functools.partial(train_step, model=model, tx=tx, dtype=config.dtype),
+        embed_step=functools.partial(embed_step, model=model, dtype=config.dtype),
+        model_batch=model_batch,
+        embed_text_step=functools.partial(embed_text_step, model=model, dtype=config.dtype),
     )
-
-
-_SETUPS: dict[str, tuple] = {}  # config JSON -> (model, tx, Placement), the newest last
-_MAX_SETUPS = 4
 
 
 def setup(config: ml_collections.ConfigDict) -> tuple[JointEmbedding, object, Placement]:
@@ -401,21 +355,20 @@ def setup(config: ml_collections.ConfigDict) -> tuple[JointEmbedding, object, Pl
     Jitted functions compile once per function object, so a second run of the same config in
     this process (a resume, an index build after training) reuses the compiled steps.
     """
-    key = config.to_json_best_effort(sort_keys=True)
-    if key not in _SETUPS:
-        module, text_params, length = None, None, None
-        if config.model.text_tower == "minilm":
-            folder, checkpoint = minilm_checkpoint(config)
-            module, text_params = checkpoint.module, checkpoint.params
-            length = MiniLMTokenizer(checkpoint.tokenizer, folder).length(
-                config.data.max_caption_tokens
-            )
-        model = build_model(config, module)
-        tx = make_optimizer(config)
-        _SETUPS[key] = (model, tx, place(config, model, tx, text_params, length))
-        while len(_SETUPS) > _MAX_SETUPS:
-            del _SETUPS[next(iter(_SETUPS))]
-    return _SETUPS[key]
+    return contrastive_loop.memoized(config, _build)
+
+
+def _build(config: ml_collections.ConfigDict) -> tuple[JointEmbedding, object, Placement]:
+    module, text_params, length = None, None, None
+    if config.model.text_tower == "minilm":
+        folder, checkpoint = minilm_checkpoint(config)
+        module, text_params = checkpoint.module, checkpoint.params
+        length = MiniLMTokenizer(checkpoint.tokenizer, folder).length(
+            config.data.max_caption_tokens
+        )
+    model = build_model(config, module)
+    tx = make_optimizer(config)
+    return model, tx, place(config, model, tx, text_params, length)
 
 
 def prepare_data(config: ml_collections.ConfigDict, log=logging.info) -> tuple[str, text.Tokenizer]:
@@ -519,18 +472,6 @@ def embed_texts(
     return np.concatenate(out)[:n]
 
 
-def infonce_np(video: np.ndarray, text_emb: np.ndarray, log_scale: float) -> float:
-    """The symmetric InfoNCE of all pairs (float64), as vmjax.models.retrieval.infonce_loss."""
-    scale = min(np.exp(log_scale), 100.0)
-    logits = scale * text_emb.astype(np.float64) @ video.astype(np.float64).T
-
-    def cross_entropy(x):
-        x = x - x.max(axis=1, keepdims=True)
-        return float(np.mean(np.log(np.exp(x).sum(axis=1)) - np.diag(x)))
-
-    return 0.5 * (cross_entropy(logits) + cross_entropy(logits.T))
-
-
 def retrieval_results(
     embedded: Embedded,
     class_embeddings: np.ndarray,
@@ -540,7 +481,7 @@ def retrieval_results(
     """Both retrieval directions, the all-pairs loss, and zero-shot GAP@20 with its chances."""
     similarity = embedded.text @ embedded.video.T  # [texts, videos]
     out = metrics.text_video_retrieval(similarity)
-    out["loss"] = infonce_np(embedded.video, embedded.text, log_scale)
+    out["loss"] = contrastive_loop.infonce_np(embedded.video, embedded.text, log_scale)
     labels = embedded.labels[:, classes]
     out["zero_shot_gap"] = metrics.gap(embedded.video @ class_embeddings.T, labels)
     rng = np.random.default_rng(_RANDOM_SCORES_SEED)
@@ -606,15 +547,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
     tokenizer = text_tokenizer(config, caption_tokenizer)
 
     _, _, place_ = setup(config)
-    state = place_.init()
-    num_params = sum(x.size for x in jax.tree.leaves(state.params))
-    logging.info(
-        "JointEmbedding: %s parameters on %d devices; text tokenizer of %d ids",
-        f"{num_params:,}",
-        jax.device_count(),
-        tokenizer.vocab_size,
-    )
-    state = place_.put_state(state)
+    logging.info("Text tokenizer of %d ids", tokenizer.vocab_size)
     table = caption_table(
         captions.caption_path(data_dir, "train"), tokenizer, config.data.max_caption_tokens
     )
@@ -632,69 +565,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
             workers=d.workers,
         )
     )
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
-    latest = ckpt.latest_step()
-    if latest is not None:
-        state = place_.put_state(ckpt.restore(latest, state, train_iter))
-        logging.info(
-            "Resuming from checkpoint %s (step %d of %d)",
-            os.path.join(ckpt.directory, str(latest)),
-            latest,
-            config.num_train_steps,
-        )
-    else:
-        logging.info("No checkpoint in %s: starting from scratch", ckpt.directory)
-
-    import tensorboardX  # clu's writers need TensorFlow; tensorboardX does not
-
-    writer = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
-    step = int(np.asarray(state.step))
-    last_eval = None
-    progress = loop.progress_bar(config, step, "train retrieval")
-    tick, tick_step = time.perf_counter(), step
-    try:
-        while step < config.num_train_steps:
-            batch = next(train_iter)
-            if not (batch["weights"] > 0).all():
-                raise ValueError(
-                    f"train batch of step {step + 1} has padding rows (weight 0): contrastive "
-                    "training needs full batches of real videos (see vmjax.train.contrastive)"
-                )
-            rng = jax.random.fold_in(state.rng, step)
-            state, train_metrics = place_.train(state, place_.put_batch(model_batch(batch)), rng)
-            step += 1
-            progress.update(1)
-            last = step == config.num_train_steps
-            if step % config.log_every == 0 or last:
-                loss = float(train_metrics["loss"])
-                if not np.isfinite(loss):
-                    raise FloatingPointError(
-                        f"train loss is NaN/Inf at step {step}; lower the learning rate"
-                    )
-                now = time.perf_counter()
-                rate = (step - tick_step) * config.batch_size / (now - tick)
-                tick, tick_step = now, step
-                progress.set_postfix(loss=f"{loss:.3f}", ex_per_s=f"{rate:,.0f}")
-                writer.add_scalar("train/loss", loss, step)
-                writer.add_scalar("train/grad_norm", float(train_metrics["grad_norm"]), step)
-                writer.add_scalar("train/scale", float(train_metrics["scale"]), step)
-                writer.add_scalar("train/examples_per_s", rate, step)
-            if step % config.eval_every == 0 or last:
-                result = evaluate(place_, state.params, config, data_dir, tokenizer)
-                train_loss = float(train_metrics["loss"])  # of this step's batch
-                last_eval = {"step": step, "train_loss": train_loss, **result}
-                _log_eval(last_eval, workdir, writer, progress)
-            if step % config.checkpoint_every == 0 or last:
-                ckpt.save(step, state, train_iter)
-    finally:
-        progress.close()
-        ckpt.wait()
-        ckpt.close()
-        writer.close()
-    if last_eval is None:
-        last_eval = loop.last_logged_eval(workdir)
-        logging.info("Already trained to step %d; last evaluation: %s", step, last_eval)
-    return last_eval
+    return contrastive_loop.fit(
+        config,
+        workdir,
+        place_,
+        train_iter,
+        evaluate=lambda params: evaluate(place_, params, config, data_dir, tokenizer),
+        log_eval=_log_eval,
+        desc="train retrieval",
+    )
 
 
 def _log_eval(result: dict, workdir: str, writer, progress) -> None:

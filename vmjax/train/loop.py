@@ -17,9 +17,9 @@ from absl import logging
 
 from vmjax import compress, metrics
 from vmjax.data import pipeline, synthetic
-from vmjax.train import parallel
+from vmjax.train import parallel, pretrained
 from vmjax.train import state as state_lib
-from vmjax.train.checkpoint import Checkpointer
+from vmjax.train.checkpoint import Checkpointer, complete_steps
 
 FORMATS = ("tfrecord", "array_record", "video_files")
 CSV_LAYOUTS = ("labels", "kinetics")
@@ -308,9 +308,11 @@ def _eval_batches_in_step(batches, data: ml_collections.ConfigDict, batch_size: 
         yield empty if batch is None else batch
 
 
-def _write_config(
+def write_config(
     config: ml_collections.ConfigDict, workdir: str, train_files, eval_files, data_dir
 ) -> None:
+    """WORKDIR/config.json: the config and what it resolved to (files, embedded data, devices)."""
+
     def first(files):  # a file name, or a (video path, labels) item's path
         return files[0][0] if isinstance(files[0], tuple) else files[0]
 
@@ -365,11 +367,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
         )
     train_files, eval_files, data_dir = resolve_data(config)
     if is_main:
-        _write_config(config, workdir, train_files, eval_files, data_dir)
+        write_config(config, workdir, train_files, eval_files, data_dir)
     if compress.method(config) == "ptq":
         return _quantize_and_evaluate(config, workdir, eval_files, data_dir, bad_records)
 
     model, tx, state = state_lib.init_run(config)
+    if pretrained.init_workdir(config) and not complete_steps(os.path.join(workdir, "checkpoints")):
+        params = pretrained.initialize(config, state.params)
+        state = state.replace(params=params, opt_state=tx.init(params))
     par = parallel.create(config, model, tx)
     spec = None if video else pipeline.BatchSpec.from_config(d)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))

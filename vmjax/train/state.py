@@ -23,14 +23,24 @@ class TrainState:
 
 
 def make_optimizer(
-    opt: ml_collections.ConfigDict, num_train_steps: int
+    opt: ml_collections.ConfigDict, num_train_steps: int, *, decay_matrices_only: bool = False
 ) -> optax.GradientTransformation:
-    """Adam(W) with linear warmup, cosine decay and global-norm clipping."""
+    """Adam(W) with linear warmup, cosine decay and global-norm clipping.
+
+    decay_matrices_only: weight decay on parameters of 2 or more dimensions (kernels,
+    embeddings) only, not on biases, norm scales or scalars such as a learned temperature.
+    """
     schedule = learning_rate_schedule(opt, num_train_steps)
-    adam = optax.adamw(schedule, weight_decay=opt.weight_decay)
+    mask = decay_mask if decay_matrices_only else None
+    adam = optax.adamw(schedule, weight_decay=opt.weight_decay, mask=mask)
     if opt.clip_norm > 0:
         return optax.chain(optax.clip_by_global_norm(opt.clip_norm), adam)
     return adam
+
+
+def decay_mask(params: Any) -> Any:
+    """True for the parameters weight decay applies to: those with 2 or more dimensions."""
+    return jax.tree.map(lambda x: jnp.ndim(x) >= 2, params)
 
 
 def learning_rate_schedule(opt: ml_collections.ConfigDict, num_train_steps: int) -> optax.Schedule:
@@ -69,14 +79,17 @@ def init_run(config: ml_collections.ConfigDict):
     The state's structure is what a checkpoint of that run holds, so it also serves as the
     template to restore one into. `config.compress` may wrap the model (qat) or chain the
     optimizer (prune, distill: the latter loads the teacher run); see vmjax.compress.
+    `config.freeze` keeps modules fixed (vmjax.train.pretrained); `config.init_from` is applied
+    by the training loop, not here.
     """
     from vmjax import compress
     from vmjax.data import pipeline
     from vmjax.models import build_model
+    from vmjax.train import pretrained
     from vmjax.train.step import model_inputs
 
     model = build_model(config.model, config.data.num_classes)
-    tx = make_optimizer(config.optimizer, config.num_train_steps)
+    tx = pretrained.freeze(config, make_optimizer(config.optimizer, config.num_train_steps))
     model, tx = compress.apply(config, model, tx)
     inputs = model_inputs(pipeline.config_example_batch(config.data))
     return model, tx, create_train_state(model, tx, inputs, jax.random.PRNGKey(config.seed))

@@ -44,7 +44,7 @@ def model_inputs(batch: dict, dtype=jnp.float32) -> dict:
         elif dtype != jnp.float32:
             pixels = pixels.astype(dtype)
         inputs["pixels"] = pixels
-    for key in ("mask", "text_tokens", "text_mask"):
+    for key in ("mask", "rgb_mask", "audio_mask", "text_tokens", "text_mask"):
         if key in batch:
             inputs[key] = batch[key]
     return inputs
