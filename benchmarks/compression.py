@@ -17,7 +17,6 @@ of configs/compress.py through the normal trainer with the same budget, and meas
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import pathlib
@@ -33,6 +32,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from vmjax.export import MODEL_INPUT_KEYS  # noqa: E402
+from vmjax.tools import configs  # noqa: E402
 
 BUDGETS = {
     "full": {"num_train_steps": 400, "batch_size": 64, "optimizer.warmup_steps": 50},
@@ -49,19 +49,7 @@ LATENCY_BATCHES = (1, 256)
 
 
 def _load_config(name: str, arg: str):
-    spec = importlib.util.spec_from_file_location(f"config_{name}", ROOT / "configs" / name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
-
-
-def _apply(config, overrides: dict) -> None:
-    for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        target = config
-        for p in parents:
-            target = target[p]
-        target[leaf] = value
+    return configs.get_config(ROOT / "configs" / name, arg)
 
 
 def rows(workdir: str) -> list[dict]:
@@ -113,7 +101,7 @@ def run(row: dict, budget: str, workdir: str) -> dict:
     overrides = {**COMMON, **BUDGETS[budget], **row.get("overrides", {})}
     steps = overrides["num_train_steps"]
     overrides.update({"eval_every": steps, "checkpoint_every": steps, "log_every": steps // 4})
-    _apply(config, overrides)
+    configs.apply_overrides(config, overrides)
     run_dir = os.path.join(workdir, row["name"])  # a finished run is reused (loop resumes)
     start = time.time()
     result = loop.train_and_evaluate(config, run_dir)

@@ -18,7 +18,6 @@ the audio (as PCA'd log-mel patches), so the feature models can.
 
 import argparse
 import csv
-import importlib.util
 import json
 import os
 import pathlib
@@ -33,16 +32,14 @@ import numpy as np  # noqa: E402
 
 from vmjax import extract, metrics  # noqa: E402
 from vmjax.data import synthetic_video  # noqa: E402
+from vmjax.tools import configs  # noqa: E402
 from vmjax.train import inference, loop  # noqa: E402
 
 FEATURE_MODELS = ("frame_logistic", "lstm")
 
 
 def get_config(name: str, arg: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_config", ROOT / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return configs.get_config(ROOT / "configs" / f"{name}.py", arg)
 
 
 def read_labels(path: str, num_classes: int) -> np.ndarray:

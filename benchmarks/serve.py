@@ -17,7 +17,6 @@ client threads take part of the CPU the server could use, in both modes alike.
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import pathlib
@@ -46,13 +45,11 @@ def make_model(tmp: str, model_name: str, max_frames: int, num_classes: int) -> 
     """An exported model of random parameters (untrained; speed does not depend on training)."""
     import jax
 
+    from vmjax.tools import configs
     from vmjax.train import state as state_lib
     from vmjax.train.checkpoint import Checkpointer
 
-    spec = importlib.util.spec_from_file_location("yt8m_config", ROOT / "configs" / "yt8m.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(model_name)  # a model preset sets the data level too
+    config = configs.get_config(ROOT / "configs" / "yt8m.py", model_name)  # sets the level too
     config.data.num_classes = num_classes
     config.data.max_frames = max_frames
     workdir = os.path.join(tmp, "run")

@@ -16,7 +16,6 @@ Writes the table, findings computed from it, every row's command, the rows as JS
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import pathlib
@@ -29,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from vmjax.data import synthetic  # noqa: E402
 from vmjax.models.classifiers import FUSIONS, MODALITIES  # noqa: E402
+from vmjax.tools import configs  # noqa: E402
 
 BUDGETS = {  # name -> overrides every row gets: the same steps, batch and warmup
     "full": {"num_train_steps": 400, "batch_size": 64, "optimizer.warmup_steps": 50},
@@ -110,7 +110,11 @@ UNSUPERVISED = {
 PROBE = {"optimizer.learning_rate": 0.01}
 # The pretraining's own settings on top of the multimodal CPU sizes and the budget's steps and
 # batch (so it sees as many videos as a row trains on, without labels).
-PRETRAIN = {"optimizer.learning_rate": 0.001, "pretrain.embed_dim": 128}
+PRETRAIN = {
+    "optimizer.learning_rate": 0.001,
+    "pretrain.embed_dim": 128,
+    "pretrain.within_modal": 1.0,
+}
 ORDER_AWARE = ("lstm", "vivit")  # single-encoder models that see frame order
 RGB_KINDS = ("visual", "cross_modal", "temporal")  # class kinds whose evidence is in rgb
 
@@ -137,19 +141,10 @@ ROWS = _rows()
 
 
 def get_config(preset: str, file: str = "yt8m.py"):
-    spec = importlib.util.spec_from_file_location(f"zoo_{file[:-3]}", ROOT / "configs" / file)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(preset)
+    return configs.get_config(ROOT / "configs" / file, preset)
 
 
-def apply(config, overrides: dict) -> None:
-    for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        target = config
-        for p in parents:
-            target = target[p]
-        target[leaf] = value
+apply = configs.apply_overrides
 
 
 def run_row(label: str, budget: str, workdir: str) -> dict:

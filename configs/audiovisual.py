@@ -17,21 +17,18 @@ trainer with a logistic head (model.head), the encoders taken from the pretraini
 as rows of the comparative study.
 """
 
-import importlib.util
 import os
 
 import ml_collections
+
+from vmjax.tools import configs
 
 STAGES = ("probe", "finetune", "random_probe")  # none of them: pretraining
 PRESETS = STAGES + ("smoke",)
 
 
 def _yt8m():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "yt8m.py")
-    spec = importlib.util.spec_from_file_location("vmjax_configs_yt8m", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return configs.load_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "yt8m.py"))
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -44,7 +41,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         raise ValueError(f"choose one stage preset of {STAGES} (or none: pretrain), got {stages}")
     stage = stages[0] if stages else "pretrain"
 
-    c = _yt8m().get_config("multimodal")
+    smoke = "smoke" in presets
+    c = _yt8m().get_config("multimodal,smoke" if smoke else "multimodal")  # smoke: its sizes
     c.model.modalities = "rgb,audio"  # the two streams the pretraining pairs
     c.model.fusion = "concat"  # the probes read the encoders' embeddings side by side
     c.data.max_frames = 48  # the embedded videos have 8-48 frames
@@ -57,14 +55,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # match by content, not by frame count or timing: a random window of this many frames
         c.pretrain.crop_frames = 16
         c.pretrain.frame_dropout = 0.25  # then each frame dropped with this probability
-        # > 0: also contrast two views of the same modality (rgb-rgb, audio-audio), this weight
-        # times their mean InfoNCE, to keep what only one modality shows
-        c.pretrain.within_modal = 0.0
+        # Also contrast two views of the same modality (rgb-rgb, audio-audio), this weight times
+        # their mean InfoNCE, to keep what only one modality shows (0: cross-modal only). On the
+        # zoo's budget the linear probe reads 0.691 GAP with it and 0.592 without (random
+        # encoders: 0.612); see docs/results.md.
+        c.pretrain.within_modal = 1.0
         c.optimizer.learning_rate = 1e-3  # AdamW peak
         c.optimizer.weight_decay = 1e-4  # on kernels only (not biases or the temperature)
-        c.num_train_steps = 2000
-        c.eval_every = 500  # audio<->rgb retrieval on the eval split (labels never read)
-        c.checkpoint_every = 500
+        if not smoke:
+            c.num_train_steps = 2000
+            c.eval_every = 500  # audio<->rgb retrieval on the eval split (labels never read)
+            c.checkpoint_every = 500
     else:
         c.model.head = "logistic"  # a linear map of the fused embedding
         if stage in ("probe", "finetune"):
@@ -73,16 +74,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         if stage in ("probe", "random_probe"):
             c.freeze = "rgb,audio"  # only the head trains
 
-    if "smoke" in presets:
-        c.batch_size = 32
-        c.eval_batch_size = 64
-        c.num_train_steps = 40
-        c.eval_every = 20
-        c.checkpoint_every = 20
-        c.log_every = 10
-        c.data.shuffle_buffer = 64
-        c.data.synthetic.num_train = 640
-        c.data.synthetic.num_validate = 128
+    if smoke:  # configs/yt8m.py's smoke budget and data, with small encoders
         c.model.hidden_size = 32
         c.model.vivit.hidden_size = 32
         c.model.vivit.num_layers = 1

@@ -12,20 +12,17 @@ to pick the model (`configs/compress.py:prune,frame,smoke`). Everything else, an
 meaning, is configs/yt8m.py's; `benchmarks/compression.py` runs them all against one teacher.
 """
 
-import importlib.util
 import os
 
 import ml_collections
+
+from vmjax.tools import configs
 
 METHOD_PRESETS = ("prune", "ptq", "qat", "distill")
 
 
 def _yt8m():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "yt8m.py")
-    spec = importlib.util.spec_from_file_location("vmjax_configs_yt8m", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return configs.load_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "yt8m.py"))
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -6,7 +6,6 @@ recomputed from the restored checkpoint, a numpy linear head on the pretrained f
 the checkpoints' bytes (frozen encoders must stay bit-identical).
 """
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -17,11 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.models.test_retrieval import ref_infonce
+from tests.models.test_retrieval import VIVIT, ref_infonce
 from vmjax import metrics
 from vmjax.data import pipeline, synthetic
 from vmjax.models import build_model
 from vmjax.models.audiovisual import AudioVisual
+from vmjax.tools import configs
 from vmjax.train import audiovisual, loop, pretrained
 from vmjax.train import state as state_lib
 from vmjax.train.checkpoint import restore_checkpoint
@@ -34,10 +34,9 @@ STEPS = 30
 
 
 def get_config(preset: str, cache_dir: str):
-    spec = importlib.util.spec_from_file_location("av_config", ROOT / "configs" / "audiovisual.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config(",".join(p for p in (preset, "smoke") if p))
+    c = configs.get_config(
+        ROOT / "configs" / "audiovisual.py", ",".join(p for p in (preset, "smoke") if p)
+    )
     c.data.cache_dir = cache_dir
     c.data.synthetic.update(SYNTHETIC)
     c.data.synthetic.update(SHARDS)
@@ -122,24 +121,33 @@ def test_encoders_are_the_multimodal_classifiers(tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_train_step_is_infonce_of_rgb_and_audio_and_never_sees_labels(run):
+def test_train_step_is_cross_and_within_modal_infonce_and_never_sees_labels(run):
     config = run.config
     model, _, place_ = audiovisual.setup(config)
     batch = _eval_batches(config)[0]
     assert set(audiovisual.model_batch(batch)) == {"rgb", "audio", "mask", "weights"}
     state = jax.device_get(place_.init())
     rng = jax.random.key(0)
-    # The step's views: its key's first half crops and drops each modality's frames.
+    # The step's views: its key's first half crops and drops each modality's frames; the
+    # within-modal term's second views come from that key folded with 1.
     p = config.pretrain
-    inputs = audiovisual.views(
-        jax.random.split(rng)[0],
-        audiovisual.model_batch(batch),
-        crop_frames=p.crop_frames,
-        frame_dropout=p.frame_dropout,
-    )
+    assert p.within_modal == 1.0 and p.crop_frames and p.frame_dropout  # the preset's
+    view_key = jax.random.split(rng)[0]
     apply = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))
-    out = apply(state.params, model_inputs(inputs))
-    want = ref_infonce(np.asarray(out["rgb"]), np.asarray(out["audio"]), state.params["log_scale"])
+    out = []
+    for key in (view_key, jax.random.fold_in(view_key, 1)):
+        inputs = audiovisual.views(
+            key,
+            audiovisual.model_batch(batch),
+            crop_frames=p.crop_frames,
+            frame_dropout=p.frame_dropout,
+        )
+        out.append(jax.device_get(apply(state.params, model_inputs(inputs))))
+    log_scale = state.params["log_scale"]
+    want = ref_infonce(out[0]["rgb"], out[0]["audio"], log_scale) + 0.5 * (
+        ref_infonce(out[0]["rgb"], out[1]["rgb"], log_scale)
+        + ref_infonce(out[0]["audio"], out[1]["audio"], log_scale)
+    )
     _, step_metrics = place_.train(
         place_.put_state(state), place_.put_batch(audiovisual.model_batch(batch)), rng
     )
@@ -306,7 +314,7 @@ def test_pretraining_config_checks():
 
 
 def test_audiovisual_model_outputs_unit_vectors():
-    model = AudioVisual(embed_dim=8, hidden_size=8, vivit=dict(_VIVIT))
+    model = AudioVisual(embed_dim=8, hidden_size=8, vivit=dict(VIVIT, hidden_size=8, mlp_dim=8))
     inputs = {
         "rgb": jnp.ones((2, 3, 1024)),
         "audio": jnp.ones((2, 3, 128)),
@@ -318,17 +326,3 @@ def test_audiovisual_model_outputs_unit_vectors():
         np.testing.assert_allclose(np.linalg.norm(out[m], axis=1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(out["log_scale"], np.log(1 / 0.07), rtol=1e-6)
     assert metrics.RECALL_KS == (1, 5, 10)
-
-
-_VIVIT = dict(
-    variant="spatio_temporal",
-    num_layers=1,
-    hidden_size=8,
-    num_heads=2,
-    mlp_dim=8,
-    num_temporal_layers=1,
-    pooling="cls",
-    tokens_per_frame=1,
-    posemb_init="sincos",
-    dropout=0.0,
-)

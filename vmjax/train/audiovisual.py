@@ -2,10 +2,17 @@
 
 Each step embeds a batch of videos' rgb frames and audio frames (vmjax.models.audiovisual) and
 minimises the symmetric InfoNCE between them: video i's rgb must pick out video i's audio among
-the global batch's, and vice versa. The labels are never read: `model_batch` sends only rgb,
-audio, mask and weights to the devices, and the evaluation measures how well each modality
-finds its own video's other modality on the eval split (audio->rgb and rgb->audio R@1/5/10,
-median and mean rank, the all-pairs InfoNCE), which needs no labels either.
+the global batch's, and vice versa. Each modality is seen through its own random view (a window
+of `pretrain.crop_frames` frames, then frame dropout: `views`), since rgb and audio share one
+mask and would otherwise be matched by frame count and timing alone. `pretrain.within_modal`
+adds the same loss between two views of one modality (rgb-rgb, audio-audio), so what is seen
+but not heard (or heard but not seen) stays in the embeddings: without it the encoders' linear
+probe fell below a probe of random encoders in the zoo (docs/results.md).
+
+The labels are never read: `model_batch` sends only rgb, audio, mask and weights to the
+devices, and the evaluation measures how well each modality finds its own video's other
+modality on the eval split (audio->rgb and rgb->audio R@1/5/10, median and mean rank, the
+all-pairs cross-modal InfoNCE of the full, uncropped videos), which needs no labels either.
 
 The encoders are the `Multimodal` classifier's (same module names and fields: config.model is
 configs/yt8m.py's multimodal block), so a classifier run with `init_from.workdir=THIS_RUN`
@@ -288,14 +295,6 @@ def summary(result: dict) -> str:
     """The final evaluation with chance levels, for the console."""
     n = result["num_videos"]
     lines = [f"Final audio-visual evaluation (step {result['step']}, {n} eval videos):"]
-    for direction in DIRECTIONS:
-        recalls = "  ".join(
-            f"R@{k} {result[f'{direction}/r@{k}']:.3f} (chance {min(k / n, 1):.3f})"
-            for k in metrics.RECALL_KS
-        )
-        lines.append(
-            f"  {direction.replace('_to_', '->')}: {recalls}  median rank "
-            f"{result[f'{direction}/median_rank']:.0f} (chance {(n + 1) / 2:.0f})"
-        )
+    lines += contrastive_loop.recall_lines(result, {d: d.replace("_to_", "->") for d in DIRECTIONS})
     lines.append(f"  eval InfoNCE {result['loss']:.3f} (uniform: ln {n} = {np.log(n):.3f})")
     return "\n".join(lines)

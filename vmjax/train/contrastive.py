@@ -593,15 +593,9 @@ def summary(result: dict) -> str:
     """The final evaluation with chance levels, for the console."""
     n = result["num_videos"]
     lines = [f"Final retrieval evaluation (step {result['step']}, {n} validate videos):"]
-    for direction, name in (("text_to_video", "text->video"), ("video_to_text", "video->text")):
-        recalls = "  ".join(
-            f"R@{k} {result[f'{direction}/r@{k}']:.3f} (chance {min(k / n, 1):.3f})"
-            for k in RECALL_KS
-        )
-        lines.append(
-            f"  {name}: {recalls}  median rank {result[f'{direction}/median_rank']:.0f} "
-            f"(chance {(n + 1) / 2:.0f})  mean rank {result[f'{direction}/mean_rank']:.1f}"
-        )
+    lines += contrastive_loop.recall_lines(
+        result, {"text_to_video": "text->video", "video_to_text": "video->text"}
+    )
     lines.append(
         f"  zero-shot GAP@20 {result['zero_shot_gap']:.4f} (random scores "
         f"{result['zero_shot_gap_random']:.4f}, class prior {result['zero_shot_gap_prior']:.4f})"

@@ -21,6 +21,7 @@ from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from vmjax import metrics
 from vmjax.train import loop, parallel
 from vmjax.train.checkpoint import Checkpointer
 
@@ -212,3 +213,20 @@ def infonce_np(video: np.ndarray, text_emb: np.ndarray, log_scale: float) -> flo
         return float(np.mean(np.log(np.exp(x).sum(axis=1)) - np.diag(x)))
 
     return 0.5 * (cross_entropy(logits) + cross_entropy(logits.T))
+
+
+def recall_lines(result: dict, directions: dict[str, str]) -> list[str]:
+    """Console lines of a final evaluation: per direction (result key prefix -> name) R@k with
+    chance, median rank (chance: the middle) and mean rank."""
+    n = result["num_videos"]
+    lines = []
+    for direction, name in directions.items():
+        recalls = "  ".join(
+            f"R@{k} {result[f'{direction}/r@{k}']:.3f} (chance {min(k / n, 1):.3f})"
+            for k in metrics.RECALL_KS
+        )
+        lines.append(
+            f"  {name}: {recalls}  median rank {result[f'{direction}/median_rank']:.0f} "
+            f"(chance {(n + 1) / 2:.0f})  mean rank {result[f'{direction}/mean_rank']:.1f}"
+        )
+    return lines
