@@ -6,12 +6,31 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+# The embedded dataset of both training runs below: one spec, so the second run finds it
+# generated in the module's cache (`data_cache`) instead of generating it again.
+TINY_DATA = (
+    "--config.data.synthetic.num_train=64",
+    "--config.data.synthetic.num_validate=24",
+    "--config.data.synthetic.max_frames=8",
+)
 
 
-def _run(*args, timeout=600):
+@pytest.fixture(scope="module")
+def data_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def _run(*args, timeout=600, env=None):
     return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -36,7 +55,7 @@ def test_synthetic_help():
     assert "--out" in out.stdout + out.stderr and "--num_train" in out.stdout + out.stderr
 
 
-def test_smoke_preset_with_overrides_end_to_end(tmp_path):
+def test_smoke_preset_with_overrides_end_to_end(tmp_path, data_cache):
     workdir = tmp_path / "w"
     out = _run(
         "-m",
@@ -45,13 +64,12 @@ def test_smoke_preset_with_overrides_end_to_end(tmp_path):
         "configs/yt8m.py:smoke",
         "--workdir",
         str(workdir),
-        f"--config.data.cache_dir={tmp_path / 'cache'}",
+        f"--config.data.cache_dir={data_cache}",
         "--config.num_train_steps=4",
         "--config.eval_every=4",
         "--config.checkpoint_every=4",
         "--config.model.name=logistic",
-        "--config.data.synthetic.num_train=64",
-        "--config.data.synthetic.num_validate=16",
+        *TINY_DATA,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     config = json.load(open(workdir / "config.json"))["config"]
@@ -98,13 +116,13 @@ def test_cluster_environment_detection(monkeypatch):
     assert distributed.cluster_environment() == "Cloud TPU slice"
 
 
-def test_retrieval_config_trains_then_retrieve_prints_ranked_videos_with_classes(tmp_path):
+def test_retrieval_config_trains_then_retrieve_prints_ranked_videos_with_classes(
+    tmp_path, data_cache
+):
     workdir = tmp_path / "r"
     tiny = [
-        f"--config.data.cache_dir={tmp_path / 'cache'}",
-        "--config.data.synthetic.num_train=64",
-        "--config.data.synthetic.num_validate=24",
-        "--config.data.synthetic.max_frames=8",
+        f"--config.data.cache_dir={data_cache}",
+        *TINY_DATA,
         "--config.data.max_frames=8",
         "--config.data.shuffle_buffer=16",
         "--config.batch_size=16",
@@ -119,7 +137,15 @@ def test_retrieval_config_trains_then_retrieve_prints_ranked_videos_with_classes
         "--config.model.vivit.mlp_dim=8",
     ]
     common = ["-m", "vmjax.main", "--config", "configs/retrieval.py:smoke"]
-    out = _run(*common, "--workdir", str(workdir), *tiny)
+    # --mode retrieve embeds the videos and the query with the steps training compiled: JAX's
+    # persistent compilation cache hands it those executables instead of compiling them again.
+    env = dict(
+        os.environ,
+        JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_compilation_cache"),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
+    out = _run(*common, "--workdir", str(workdir), *tiny, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Final retrieval evaluation (step 2, 24 validate videos)" in out.stdout
     assert "R@10" in out.stdout and "chance 0.417" in out.stdout  # 10 / 24
@@ -135,6 +161,7 @@ def test_retrieval_config_trains_then_retrieve_prints_ranked_videos_with_classes
         query,
         "--top_k",
         "5",
+        env=env,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "not in the text tower's vocabulary (read as [UNK]): qwzx" in out.stdout
