@@ -73,6 +73,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             c.init_from.workdir = ml_collections.config_dict.placeholder(str)
         if stage in ("probe", "random_probe"):
             c.freeze = "rgb,audio"  # only the head trains
+        if stage == "finetune":  # LP-FT: the head alone first, then everything
+            c.freeze = "rgb,audio"
+            c.freeze_steps = c.get_ref("num_train_steps") // 2  # follows overrides
 
     if smoke:  # configs/yt8m.py's smoke budget and data, with small encoders
         c.model.hidden_size = 32

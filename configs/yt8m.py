@@ -138,6 +138,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.init_from.workdir = ""  # a run whose latest checkpoint initialises init_from.modules
     c.init_from.modules = "rgb,audio"  # top-level parameter subtrees taken from it
     c.freeze = ""  # top-level parameter subtrees never updated, e.g. 'rgb,audio' (a probe)
+    c.freeze_steps = 0  # > 0: freeze only for the first N steps, then train all (LP-FT)
 
     # Model compression (vmjax.compress; presets in configs/compress.py).
     c.compress = ml_collections.ConfigDict()

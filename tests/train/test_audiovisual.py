@@ -249,7 +249,9 @@ def test_finetune_starts_from_the_pretrained_encoders(run):
     config = get_config("finetune", run.cache)
     config.init_from.workdir = run.workdir
     _, _, state = state_lib.init_run(config)
-    assert pretrained.frozen_modules(config) == []
+    # LP-FT: the encoders are held for the first half of the steps (tested below), then train.
+    assert pretrained.frozen_modules(config) == ["rgb", "audio"]
+    assert config.freeze_steps == config.num_train_steps // 2 == 4
     params = pretrained.initialize(config, state.params)
     pre = _restore(run.workdir, run.config)
     for m in ("rgb", "audio"):
@@ -270,6 +272,22 @@ def test_random_probe_freezes_the_seeded_encoders(run):
     for m in ("rgb", "audio"):
         assert all(not np.any(x) for x in jax.tree.leaves(updates[m]))
     assert np.any(updates["head"]["logits"]["kernel"])
+
+
+def test_freeze_steps_hold_the_encoders_then_let_them_train(run):
+    config = get_config("finetune", run.cache)
+    config.optimizer.warmup_steps = 0
+    config.freeze_steps = 2
+    _, tx, state = state_lib.init_run(config)
+    grads = jax.tree.map(jnp.ones_like, state.params)
+    update = jax.jit(tx.update)
+    opt_state, moved = state.opt_state, []
+    for _ in range(4):
+        updates, opt_state = update(grads, opt_state, state.params)
+        moved.append({m: any(np.any(x) for x in jax.tree.leaves(updates[m])) for m in updates})
+    assert [u["rgb"] for u in moved] == [False, False, True, True]
+    assert [u["audio"] for u in moved] == [False, False, True, True]
+    assert all(u["head"] for u in moved)
 
 
 # --- errors.

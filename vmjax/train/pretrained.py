@@ -9,6 +9,10 @@ config.init_from.workdir: a run (an audio-visual pretraining run, vmjax.train.au
 config.freeze: comma-separated top-level parameter subtrees that get no updates (optax
   set_to_zero: no gradient step, no weight decay): 'rgb,audio' with init_from is a linear probe
   of the pretrained encoders, without it a probe of random ones.
+config.freeze_steps: > 0 freezes them for the first freeze_steps updates only, then they train
+  with the rest (their own AdamW state, gated to zero until then): a linear probe followed by
+  fine-tuning in one run (LP-FT, Kumar et al. 2022), so a random head's first gradients do not
+  distort the pretrained features.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import os
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 from absl import logging
@@ -63,7 +68,14 @@ def freeze(config: ml_collections.ConfigDict, tx: optax.GradientTransformation):
             for name, tree in params.items()
         }
 
-    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+    steps = int(config.get("freeze_steps", 0))
+    if steps < 0:
+        raise ValueError(f"config.freeze_steps={steps}; expected >= 0 (0: frozen throughout)")
+    frozen = optax.set_to_zero()
+    if steps:
+        gate = optax.scale_by_schedule(lambda count: jnp.where(count >= steps, 1.0, 0.0))
+        frozen = optax.chain(tx, gate)
+    return optax.multi_transform({"train": tx, "frozen": frozen}, labels)
 
 
 def source_params(workdir: str) -> tuple[dict, int, str]:
