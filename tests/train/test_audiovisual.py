@@ -127,7 +127,7 @@ def test_train_step_is_cross_and_within_modal_infonce_and_never_sees_labels(run)
     batch = _eval_batches(config)[0]
     assert set(audiovisual.model_batch(batch)) == {"rgb", "audio", "mask", "weights"}
     state = jax.device_get(place_.init())
-    rng = jax.random.key(0)
+    rng = jax.random.PRNGKey(0)  # a raw key, as the loop passes: the compiled step is reused
     # The step's views: its key's first half crops and drops each modality's frames; the
     # within-modal term's second views come from that key folded with 1.
     p = config.pretrain
