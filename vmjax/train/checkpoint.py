@@ -8,6 +8,7 @@ import os
 import grain
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 
 from vmjax.train.state import TrainState
 
@@ -55,6 +56,24 @@ class Checkpointer:
                 )
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         return self._manager.restore(step, args=ocp.args.Composite(**items))["state"]
+
+    def resume(self, like: TrainState, data_iterator, num_train_steps: int) -> TrainState | None:
+        """The latest checkpoint restored into `like` (and the iterator), or None without one.
+
+        Logs which checkpoint the run resumes from, or that it starts from scratch.
+        """
+        latest = self.latest_step()
+        if latest is None:
+            logging.info("No checkpoint in %s: starting from scratch", self.directory)
+            return None
+        state = self.restore(latest, like, data_iterator)
+        logging.info(
+            "Resuming from checkpoint %s (step %d of %d)",
+            os.path.join(self.directory, str(latest)),
+            latest,
+            num_train_steps,
+        )
+        return state
 
     def wait(self) -> None:
         """Blocks until pending asynchronous saves are on disk."""

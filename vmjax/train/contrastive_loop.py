@@ -142,17 +142,9 @@ def fit(
     logging.info("%s: %s parameters on %d devices", desc, f"{num_params:,}", jax.device_count())
     state = place_.put_state(state)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
-    latest = ckpt.latest_step()
-    if latest is not None:
-        state = place_.put_state(ckpt.restore(latest, state, train_iter))
-        logging.info(
-            "Resuming from checkpoint %s (step %d of %d)",
-            os.path.join(ckpt.directory, str(latest)),
-            latest,
-            config.num_train_steps,
-        )
-    else:
-        logging.info("No checkpoint in %s: starting from scratch", ckpt.directory)
+    restored = ckpt.resume(state, train_iter, config.num_train_steps)
+    if restored is not None:
+        state = place_.put_state(restored)
 
     import tensorboardX  # clu's writers need TensorFlow; tensorboardX does not
 

@@ -392,17 +392,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
     train_iter = train_stream(config, spec, train_files, local_batch, bad_records)
 
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
-    latest = ckpt.latest_step()
-    if latest is not None:
-        state = par.put_state(ckpt.restore(latest, par.checkpoint_view(state), train_iter))
-        logging.info(
-            "Resuming from checkpoint %s (step %d of %d)",
-            os.path.join(ckpt.directory, str(latest)),
-            latest,
-            config.num_train_steps,
-        )
-    else:
-        logging.info("No checkpoint in %s: starting from scratch", ckpt.directory)
+    restored = ckpt.resume(par.checkpoint_view(state), train_iter, config.num_train_steps)
+    if restored is not None:
+        state = par.put_state(restored)
 
     def eval_fn(state, batch):
         return par.eval_step(state, par.put_batch(batch))
