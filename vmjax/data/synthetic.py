@@ -44,6 +44,7 @@ import concurrent.futures
 import csv
 import dataclasses
 import errno
+import functools
 import importlib.resources
 import json
 import multiprocessing
@@ -161,10 +162,14 @@ def _asset(name: str):
     return importlib.resources.files("vmjax.data") / "assets" / name
 
 
-def load_label_sets() -> list[np.ndarray]:
-    """The 80,000 real YouTube-8M validation label sets shipped with vmjax."""
+@functools.lru_cache(maxsize=1)  # read once per process, not once per shard
+def load_label_sets() -> tuple[np.ndarray, ...]:
+    """The 80,000 real YouTube-8M validation label sets shipped with vmjax (read-only arrays)."""
     with _asset("yt8m_validate_label_sets.csv").open(newline="") as f:
-        return [np.array(r["labels"].split(), np.int64) for r in csv.DictReader(f)]
+        sets = tuple(np.array(r["labels"].split(), np.int64) for r in csv.DictReader(f))
+    for labels in sets:
+        labels.flags.writeable = False  # shared by every caller of the cache
+    return sets
 
 
 def load_class_names() -> list[str]:
