@@ -122,14 +122,12 @@ def _restore(run_dir: str):
     from vmjax.compress import quantization
     from vmjax.models import build_model
     from vmjax.train import state as state_lib
-    from vmjax.train.checkpoint import restore_checkpoint
 
-    config, _ = quantization.read_run_config(run_dir)
+    config, run_dir = state_lib.read_run_config(run_dir)
     if config.compress.method == "ptq":
         qmodel, state, _, _ = quantization.quantize_run(config)
         return qmodel, {"params": state.params, **state.model_state}, config
-    _, _, like = state_lib.init_run(config)
-    state, _ = restore_checkpoint(os.path.join(run_dir, "checkpoints"), like)
+    _, state, _ = state_lib.restore_latest(config, run_dir)
     model = build_model(config.model, config.data.num_classes)  # qat: float weights
     return model, {"params": state.params, **state.model_state}, config
 

@@ -182,6 +182,6 @@ def test_ptq_of_the_teacher_run_stores_int8_and_keeps_its_gap(teacher):
 
 
 def loop_config(workdir):
-    from vmjax.compress.quantization import read_run_config
+    from vmjax.train.state import read_run_config
 
     return read_run_config(workdir)[0]

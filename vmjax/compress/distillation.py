@@ -16,7 +16,6 @@ params). The step finds it with `find` and runs its forward pass in the step.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import flax
@@ -88,9 +87,7 @@ def find(opt_state) -> Teacher | None:
 
 def load_teacher(config: ml_collections.ConfigDict) -> Teacher:
     """The teacher of `config.compress.teacher_workdir`: its model and its latest checkpoint."""
-    from vmjax.compress.quantization import read_run_config
     from vmjax.train import state as state_lib
-    from vmjax.train.checkpoint import restore_checkpoint
 
     c = config.compress
     if not c.teacher_workdir:
@@ -100,7 +97,7 @@ def load_teacher(config: ml_collections.ConfigDict) -> Teacher:
             f"config.compress: temperature={c.temperature}, alpha={c.alpha}; expected "
             "temperature > 0 and 0 <= alpha <= 1"
         )
-    teacher_config, workdir = read_run_config(c.teacher_workdir)
+    teacher_config, workdir = state_lib.read_run_config(c.teacher_workdir)
     if teacher_config.data.num_classes != config.data.num_classes:
         raise ValueError(
             f"{workdir}/config.json: data.num_classes={teacher_config.data.num_classes}; the "
@@ -111,7 +108,6 @@ def load_teacher(config: ml_collections.ConfigDict) -> Teacher:
             f"{workdir}/config.json: data.level={teacher_config.data.level!r}; the student "
             f"reads {config.data.level!r} data and the teacher sees the student's batches"
         )
-    model, _, like = state_lib.init_run(teacher_config)
-    state, _ = restore_checkpoint(os.path.join(workdir, "checkpoints"), like)
+    model, state, _ = state_lib.restore_latest(teacher_config, workdir)
     variables = {"params": state.params, **state.model_state}
     return Teacher(variables, model, float(c.temperature), float(c.alpha))

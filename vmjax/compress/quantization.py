@@ -107,20 +107,18 @@ def quantize_run(config: ml_collections.ConfigDict):
     from vmjax.data import pipeline
     from vmjax.models import build_model
     from vmjax.train import state as state_lib
-    from vmjax.train.checkpoint import restore_checkpoint
     from vmjax.train.step import model_inputs
 
     c = config.compress
     if not c.source_workdir:
         raise ValueError("config.compress.method='ptq' needs config.compress.source_workdir")
-    source_config, source_dir = read_run_config(c.source_workdir)
+    source_config, source_dir = state_lib.read_run_config(c.source_workdir)
     if source_config.data.num_classes != config.data.num_classes:
         raise ValueError(
             f"{source_dir}/config.json: data.num_classes={source_config.data.num_classes}; "
             f"this run evaluates {config.data.num_classes} classes"
         )
-    _, _, like = state_lib.init_run(source_config)
-    state, step = restore_checkpoint(os.path.join(source_dir, "checkpoints"), like)
+    _, state, step = state_lib.restore_latest(source_config, source_dir)
     model = build_model(source_config.model, source_config.data.num_classes)  # float, unwrapped
     inputs = model_inputs(pipeline.config_example_batch(source_config.data))
     qmodel, qparams = quantize(model, state.params, inputs, c)
@@ -132,15 +130,3 @@ def quantize_run(config: ml_collections.ConfigDict):
         rng=state.rng,
     )
     return qmodel, quantized, step, source_config
-
-
-def read_run_config(workdir: str) -> tuple[ml_collections.ConfigDict, str]:
-    """(config, absolute workdir) of a run directory's config.json."""
-    import json
-
-    workdir = os.path.abspath(os.path.expanduser(workdir))
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found: is {workdir} a vmjax run directory?")
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f)["config"]), workdir

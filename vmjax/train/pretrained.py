@@ -80,22 +80,21 @@ def freeze(config: ml_collections.ConfigDict, tx: optax.GradientTransformation):
 
 def source_params(workdir: str) -> tuple[dict, int, str]:
     """(params, step, absolute workdir) of a run's latest checkpoint, by its config's task."""
-    from vmjax.compress.quantization import read_run_config
     from vmjax.train.checkpoint import restore_checkpoint
 
-    source, workdir = read_run_config(workdir)
+    source, workdir = state_lib.read_run_config(workdir)
     task = source.get("task", "classify")
-    if task == "audiovisual":
-        from vmjax.train import audiovisual
-
-        like = jax.eval_shape(audiovisual.setup(source)[2].init)
-    elif task == "retrieval":
+    if task == "retrieval":
         raise ValueError(
             f"{workdir} is a text-video retrieval run; init_from reads audio-visual "
             "pretraining runs (configs/audiovisual.py) and classifier runs"
         )
-    else:
-        like = jax.eval_shape(lambda: state_lib.init_run(source)[2])
+    if task != "audiovisual":
+        _, state, step = state_lib.restore_latest(source, workdir)
+        return state.params, step, workdir
+    from vmjax.train import audiovisual
+
+    like = jax.eval_shape(audiovisual.setup(source)[2].init)
     state, step = restore_checkpoint(os.path.join(workdir, "checkpoints"), like)
     return state.params, step, workdir
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 import flax
@@ -93,3 +95,33 @@ def init_run(config: ml_collections.ConfigDict):
     model, tx = compress.apply(config, model, tx)
     inputs = model_inputs(pipeline.config_example_batch(config.data))
     return model, tx, create_train_state(model, tx, inputs, jax.random.PRNGKey(config.seed))
+
+
+def read_run_config(workdir: str) -> tuple[ml_collections.ConfigDict, str]:
+    """(config, absolute workdir) of a run directory's config.json."""
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: is {workdir} a vmjax run directory?")
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f)["config"]), workdir
+
+
+def restore_latest(config: ml_collections.ConfigDict, workdir: str):
+    """(model, state, step) of the latest checkpoint in WORKDIR/checkpoints of run `config`.
+
+    The restore template is `init_run`'s state traced with jax.eval_shape: shapes only, no
+    parameters are initialised just to be overwritten. The model is init_run's (compress-wrapped
+    where the run's config says so).
+    """
+    from vmjax.train.checkpoint import restore_checkpoint
+
+    built = {}
+
+    def template():
+        built["model"], _, state = init_run(config)
+        return state
+
+    like = jax.eval_shape(template)
+    state, step = restore_checkpoint(os.path.join(workdir, "checkpoints"), like)
+    return built["model"], state, step
