@@ -119,17 +119,16 @@ def run(row: dict, budget: str, workdir: str) -> dict:
 
 def _restore(run_dir: str):
     """(model, variables) of a run as it is deployed: int8 for ptq runs, float otherwise."""
+    from vmjax import run as run_lib
+    from vmjax import trained
     from vmjax.compress import quantization
-    from vmjax.models import build_model
-    from vmjax.train import state as state_lib
 
-    config, run_dir = state_lib.read_run_config(run_dir)
+    config = run_lib.Run.open(run_dir).config
     if config.compress.method == "ptq":
-        qmodel, state, _, _ = quantization.quantize_run(config)
-        return qmodel, {"params": state.params, **state.model_state}, config
-    _, state, _ = state_lib.restore_latest(config, run_dir)
-    model = build_model(config.model, config.data.num_classes)  # qat: float weights
-    return model, {"params": state.params, **state.model_state}, config
+        qmodel, qparams, model_state, _, _ = quantization.quantize_run(config)
+        return qmodel, {"params": qparams, **model_state}, config
+    run = trained.load(run_dir)  # qat: float weights
+    return run.model, run.variables, config
 
 
 def _storage_bytes(arrays: dict[str, np.ndarray], path: str) -> int:
@@ -149,7 +148,7 @@ def _storage_bytes(arrays: dict[str, np.ndarray], path: str) -> int:
 
 def _latency_ms(model, variables, config, batch_size: int, repeats: int) -> float:
     from vmjax.data import pipeline
-    from vmjax.train.step import model_inputs
+    from vmjax.data.device import model_inputs
 
     batch = pipeline.example_batch(pipeline.BatchSpec.from_config(config.data).for_eval(), 1)
     rng = np.random.default_rng(0)

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from vmjax.retrieval import Index
+from vmjax.search import Index
 
 
 def rss_bytes() -> int:

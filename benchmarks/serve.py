@@ -1,4 +1,4 @@
-"""Model server throughput and latency, with dynamic batching and without, in one run.
+"""Model server throughput and latency, with dynamic batching, without, and a bare endpoint.
 
   python benchmarks/serve.py                                  # makes a small model in a temp dir
   python benchmarks/serve.py --model model.bin --clients 32 --seconds 20
@@ -9,11 +9,13 @@ are warmed up; then `--clients` threads, each with its own keep-alive HTTP conne
 same request (`--videos` videos as one TFRecord body, or JSON with --body json) back to back for
 `--seconds`, to one server then the other, `--repeats` times. Printed per mode, from its median
 run (by requests/s): requests/s, videos/s, p50/p99 latency (ms), the server's mean device batch
-size and model-call time per video (its /stats); then the ratio of requests/s batched /
-unbatched.
-Modes: `batched` (--max_batch, --max_wait_ms) and `unbatched` (max_batch 1, max_wait_ms 0: one
-video per model call). Clients and server share this machine's CPUs: on a small machine the
-client threads take part of the CPU the server could use, in both modes alike.
+size and model-call time per video (its /stats); then the ratios of requests/s batched /
+unbatched and batched / bare.
+Modes: `batched` (--max_batch, --max_wait_ms), `unbatched` (max_batch 1, max_wait_ms 0: one
+video per model call) and `bare`: a FastAPI endpoint on uvicorn that reads the body and returns
+a constant (this script with --bare_port), the ceiling HTTP alone allows on this machine.
+Clients and server share this machine's CPUs: on a small machine the client threads take part
+of the CPU the server could use, in every mode alike.
 """
 
 import argparse
@@ -46,14 +48,14 @@ def make_model(tmp: str, model_name: str, max_frames: int, num_classes: int) -> 
     import jax
 
     from vmjax.tools import configs
-    from vmjax.train import state as state_lib
+    from vmjax.train import setup
     from vmjax.train.checkpoint import Checkpointer
 
     config = configs.get_config(ROOT / "configs" / "yt8m.py", model_name)  # sets the level too
     config.data.num_classes = num_classes
     config.data.max_frames = max_frames
     workdir = os.path.join(tmp, "run")
-    _, _, state = state_lib.init_run(config)
+    _, _, state = setup.init_run(config)
     leaves, treedef = jax.tree.flatten(state.params)
     keys = jax.random.split(jax.random.PRNGKey(0), len(leaves))
     leaves = [
@@ -107,24 +109,37 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: str, port: int, max_batch: int, max_wait_ms: float) -> subprocess.Popen:
-    command = [
-        sys.executable,
-        "-m",
-        "vmjax.serve",
-        "--model",
-        model,
-        "--port",
-        str(port),
-        "--max_batch",
-        str(max_batch),
-        "--max_wait_ms",
-        str(max_wait_ms),
-        "--max_body_bytes",
-        str(1 << 30),
-        "--log_level",
-        "warning",
-    ]
+def run_bare(port: int) -> None:
+    """The bare server: reads each body and answers a constant, no parsing and no model."""
+    import uvicorn
+    from fastapi import FastAPI, Request
+
+    app = FastAPI()
+
+    @app.post("/predict")
+    async def predict(request: Request) -> dict:
+        await request.body()
+        return {"predictions": []}
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+def start_server(
+    model: str, port: int, max_batch: int, max_wait_ms: float, clients: int
+) -> subprocess.Popen:
+    """The model server, with limits that let every client in (busy 503s would skew it)."""
+    command = [sys.executable, "-m", "vmjax.serve", "--model", model, "--port", str(port)]
+    command += ["--max_batch", str(max_batch), "--max_wait_ms", str(max_wait_ms)]
+    command += ["--max_body_bytes", str(1 << 30), "--max_inflight_bytes", str(1 << 34)]
+    command += ["--max_concurrent", str(max(64, 2 * clients)), "--log_level", "warning"]
+    return wait_healthy(port, command)
+
+
+def wait_healthy(port: int, command: list[str]) -> subprocess.Popen:
     server = subprocess.Popen(command, cwd=ROOT)
     deadline = time.monotonic() + 300
     while True:
@@ -189,8 +204,12 @@ def stop_server(server: subprocess.Popen) -> None:
         server.kill()
 
 
-def measure(url: str, args, body: bytes, content_type: str) -> dict:
+def measure(url: str, args, body: bytes, content_type: str, stats: bool = True) -> dict:
     """One measured window against one server, with its /stats over that window."""
+    if not stats:  # the bare server keeps none
+        result = drive(url, body, content_type, args.clients, args.seconds)
+        result["videos_per_s"] = result["requests_per_s"] * args.videos
+        return result
     before = httpx.get(f"{url}/stats").json()
     result = drive(url, body, content_type, args.clients, args.seconds)
     after = httpx.get(f"{url}/stats").json()
@@ -223,7 +242,11 @@ def main() -> None:
     parser.add_argument("--body", choices=("tfrecord", "json"), default="tfrecord")
     parser.add_argument("--max_batch", type=int, default=64, help="batched mode")
     parser.add_argument("--max_wait_ms", type=float, default=5.0, help="batched mode")
+    parser.add_argument("--bare_port", type=int, help=argparse.SUPPRESS)  # run the bare server
     args = parser.parse_args()
+    if args.bare_port is not None:
+        run_bare(args.bare_port)
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or make_model(tmp, args.model_name, args.max_frames, args.num_classes)
@@ -236,41 +259,56 @@ def main() -> None:
             f"{args.repeats} runs of {args.seconds:g} s per mode; {os.cpu_count()} CPUs, load "
             f"average {os.getloadavg()[0]:.1f}"
         )
-        modes = {"batched": (args.max_batch, args.max_wait_ms), "unbatched": (1, 0.0)}
+        modes = {
+            "batched": f"max_batch {args.max_batch}, max_wait_ms {args.max_wait_ms:g}",
+            "unbatched": "max_batch 1, max_wait_ms 0",
+            "bare": "FastAPI endpoint: reads the body, answers a constant",
+        }
+        settings = {"batched": (args.max_batch, args.max_wait_ms), "unbatched": (1, 0.0)}
         servers, urls = {}, {}
         try:
-            for name, (max_batch, max_wait_ms) in modes.items():
+            for name in modes:
                 port = free_port()
-                servers[name] = start_server(model, port, max_batch, max_wait_ms)
+                if name == "bare":
+                    command = [sys.executable, __file__, "--bare_port", str(port)]
+                    servers[name] = wait_healthy(port, command)
+                else:
+                    servers[name] = start_server(model, port, *settings[name], args.clients)
                 urls[name] = f"http://127.0.0.1:{port}"
                 drive(urls[name], body, content_type, args.clients, args.warmup_seconds)
-            # Both servers stay up (the idle one costs nothing) and are measured alternately,
-            # so a change in the machine's load hits both modes alike; the median run counts.
+            # All servers stay up (the idle ones cost nothing) and are measured in turn, so a
+            # change in the machine's load hits every mode alike; the median run counts.
             runs = {name: [] for name in modes}
             for _ in range(args.repeats):
                 for name in modes:
-                    runs[name].append(measure(urls[name], args, body, content_type))
+                    runs[name].append(
+                        measure(urls[name], args, body, content_type, stats=name != "bare")
+                    )
         finally:
             for server in servers.values():
                 stop_server(server)
         results = {}
-        for name, (max_batch, max_wait_ms) in modes.items():
+        for name, setting in modes.items():
             each = sorted(runs[name], key=lambda r: r["requests_per_s"])
             r = results[name] = each[len(each) // 2]
-            print(
-                f"{name:9s} (max_batch {max_batch}, max_wait_ms {max_wait_ms:g}): "
-                f"{r['requests_per_s']:.1f} requests/s, {r['videos_per_s']:.1f} videos/s, "
-                f"p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
-                f"mean device batch {r['mean_batch_size']:.1f} "
+            device = (
+                ""
+                if name == "bare"
+                else f"mean device batch {r['mean_batch_size']:.1f} "
                 f"({r['device_ms_per_video']:.2f} ms of model call per video), "
+            )
+            print(
+                f"{name:9s} ({setting}): "
+                f"{r['requests_per_s']:.1f} requests/s, {r['videos_per_s']:.1f} videos/s, "
+                f"p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, {device}"
                 f"errors {sum(x['errors'] for x in each)}; requests/s of each run: "
                 + " ".join(f"{x['requests_per_s']:.1f}" for x in runs[name]),
                 flush=True,
             )
-        ratio = results["batched"]["requests_per_s"] / max(
-            results["unbatched"]["requests_per_s"], 1e-9
-        )
-        print(f"ratio batched/unbatched requests/s: {ratio:.2f}")
+        batched = results["batched"]["requests_per_s"]
+        for other in ("unbatched", "bare"):
+            ratio = batched / max(results[other]["requests_per_s"], 1e-9)
+            print(f"ratio batched/{other} requests/s: {ratio:.2f}")
 
 
 if __name__ == "__main__":

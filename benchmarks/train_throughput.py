@@ -36,11 +36,11 @@ from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 
 from vmjax.data import pipeline
+from vmjax.data.device import DTYPES, model_inputs
 from vmjax.models import build_model
 from vmjax.tools.flops import forward_flops, peak_flops, step_flops
 from vmjax.train import parallel
 from vmjax.train import state as state_lib
-from vmjax.train.step import DTYPES, model_inputs
 
 config_flags.DEFINE_config_file(
     "config",

@@ -280,10 +280,10 @@ def _run_unsupervised(label: str, stage: str, budget: str, workdir: str) -> dict
 
 def _run_baseline(label: str, name: str, budget: str) -> dict:
     from vmjax import baselines
-    from vmjax.train import loop
+    from vmjax.train import inputs
 
     config = _data_config(budget)
-    train_files, eval_files, data_dir = loop.resolve_data(config)
+    train_files, eval_files, data_dir = inputs.resolve_data(config)
     start = time.time()
     result = baselines.run_baseline(
         name,

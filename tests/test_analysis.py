@@ -14,6 +14,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from tests.train.test_loop import _small  # noqa: E402
 from vmjax import analysis, metrics  # noqa: E402
+from vmjax.errors import RunDirectoryError
 from vmjax.train import loop  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -57,7 +58,7 @@ def test_load_restores_an_earlier_step_and_names_missing_ones(workdir, run):
     assert earlier.step == 3 and int(earlier.state.step) == 3
     a, b = earlier.state.params["head"], run.state.params["head"]
     assert any(not np.array_equal(x, y) for x, y in zip(_leaves(a), _leaves(b), strict=True))
-    with pytest.raises(FileNotFoundError, match=r"step 4.*\[3, 6\]"):
+    with pytest.raises(RunDirectoryError, match=r"step 4.*\[3, 6\]"):
         analysis.Run.load(workdir, step=4)
 
 
@@ -105,7 +106,7 @@ def test_per_class_ap_matches_hand_computed_values_and_the_metrics_map():
 
 
 def test_modality_ablation_changes_scores_and_gap(run, batch):
-    from vmjax.train.step import model_inputs
+    from vmjax.data.device import model_inputs
 
     inputs = model_inputs(batch)
     none = analysis.ablated_inputs(inputs, analysis.MODALITIES)

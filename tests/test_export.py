@@ -14,11 +14,12 @@ import pytest
 from tests.train.test_loop import _small
 from vmjax import export as export_lib
 from vmjax.data import pipeline
+from vmjax.data.device import model_inputs
 from vmjax.models import build_model
-from vmjax.train import loop
+from vmjax.train import inputs, loop
 from vmjax.train import state as state_lib
 from vmjax.train.checkpoint import Checkpointer
-from vmjax.train.step import eval_step, model_inputs
+from vmjax.train.step import eval_step
 
 RUNS = {"logistic": ("smoke", {}), "frame_moe": ("frame,smoke", {"data.max_frames": 16})}
 
@@ -48,9 +49,9 @@ def runs(tmp_path_factory):
         config = _small(tmp, arg, **{"model.name": name, **overrides})
         workdir = str(tmp / name)
         loop.train_and_evaluate(config, workdir)
-        _, eval_files, _ = loop.resolve_data(config)
+        _, eval_files, _ = inputs.resolve_data(config)
         spec = pipeline.BatchSpec.from_config(config.data)
-        batch = next(iter(loop.eval_stream(config, spec, eval_files, 16)))
+        batch = next(iter(inputs.eval_stream(config, spec, eval_files, 16)))
         path = str(tmp / f"{name}.bin")
         export_lib.main(["--workdir", workdir, "--out", path])
         out[name] = (config, workdir, path, batch)

@@ -16,7 +16,7 @@ import pytest
 from vmjax import extract
 from vmjax.data import synthetic_video, tfrecord, video, yt8m
 from vmjax.models.cnn import FrameResNet
-from vmjax.train import state as state_lib
+from vmjax.train import setup
 from vmjax.train.checkpoint import Checkpointer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -43,7 +43,7 @@ def _pixel_config(arg="smoke,cnn_lstm"):
 def _save_run(workdir, config):
     """A run directory as the trainer leaves it: config.json and an orbax checkpoint."""
     # Random parameters of the run's shapes: a real initialisation takes ~20 s on a small CPU.
-    like = jax.eval_shape(lambda: state_lib.init_run(config)[2])
+    like = jax.eval_shape(lambda: setup.init_run(config)[2])
     rng = np.random.default_rng(0)
     state = jax.tree.map(
         lambda s: (

@@ -171,7 +171,7 @@ def test_retrieval_config_trains_then_retrieve_prints_ranked_videos_with_classes
     assert len(hits) == 5
     with open(workdir / "index.json") as f:
         assert json.load(f) == {"step": 2, "split": "validate"}
-    from vmjax.retrieval import Index
+    from vmjax.search import Index
 
     index = Index.load(workdir / "index.npz")
     classes = dict(zip(index.ids.tolist(), index.classes.tolist(), strict=True))

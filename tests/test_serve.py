@@ -3,12 +3,15 @@
 
 import concurrent.futures
 import csv
+import dataclasses
 import importlib.resources
 import json
 import os
+import select
 import socket
 import threading
 import time
+from collections.abc import Iterator
 
 import httpx
 import jax
@@ -20,8 +23,11 @@ from tensorflow_datasets.proto import tf_example_pb2
 from tests.train.test_loop import get_config, override
 from vmjax import export as export_lib
 from vmjax.data import tfrecord, yt8m
-from vmjax.serve import Batcher, Service, bucket_sizes, create_app, main
-from vmjax.train import state as state_lib
+from vmjax.serve import Batcher, Limits, Service, bucket_sizes, create_app, main, uvicorn_config
+from vmjax.serve import app as serve_app
+from vmjax.serve.auth import TOKEN_ENV
+from vmjax.serve.jsonbody import parse_json
+from vmjax.train import setup
 from vmjax.train.checkpoint import Checkpointer
 
 FRAME_CLASSES = 20
@@ -33,7 +39,7 @@ def make_model(tmp, arg: str, **overrides) -> str:
     """A run of random (not zero) parameters, checkpointed without training and exported."""
     config = override(get_config(arg), overrides)
     workdir = os.path.join(tmp, config.model.name)
-    _, _, state = state_lib.init_run(config)
+    _, _, state = setup.init_run(config)
     leaves, treedef = jax.tree.flatten(state.params)
     keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
     leaves = [
@@ -54,12 +60,14 @@ def make_model(tmp, arg: str, **overrides) -> str:
 class Running:
     """A uvicorn server of `service` in a background thread, on a free localhost port."""
 
-    def __init__(self, service: Service):
+    def __init__(self, service: Service, token: str | None = None):
         self.service = service
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        config = uvicorn.Config(create_app(service), log_level="warning", lifespan="on")
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        app = create_app(service, token)
+        config = uvicorn_config(app, service.limits, log_level="warning", lifespan="on")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]})
         self.thread.start()
@@ -107,7 +115,13 @@ def models(tmp_path_factory):
 @pytest.fixture(scope="module")
 def video_server(models):
     running = Running(
-        Service(models["video"], top_k=TOP_K, max_batch=8, max_wait_ms=1, max_body_bytes=200_000)
+        Service(
+            models["video"],
+            top_k=TOP_K,
+            max_batch=8,
+            max_wait_ms=1,
+            limits=Limits(max_body_bytes=200_000),
+        )
     )
     yield running
     running.stop()
@@ -397,6 +411,197 @@ def test_concurrent_requests_share_device_batches(models):
         running.stop()
 
 
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+class HealthWatch:
+    """Asks /healthz from a thread, each time on a new connection: every status and duration."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.answers: list[tuple[int | str, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            start = time.monotonic()
+            try:
+                status: int | str = httpx.get(f"{self.url}/healthz", timeout=2).status_code
+            except httpx.HTTPError as e:
+                status = type(e).__name__
+            self.answers.append((status, time.monotonic() - start))
+            self._stop.wait(0.05)
+
+    def stop(self) -> list[tuple[int | str, float]]:
+        self._stop.set()
+        self._thread.join()
+        return self.answers
+
+
+def _connect(port: int, data: bytes = b"") -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(data)
+    return sock
+
+
+def _until_closed(sock: socket.socket) -> tuple[int, bytes]:
+    """(status, response) of what the server sends until it closes; status 0 for nothing."""
+    chunks = []
+    try:
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    except ConnectionResetError:
+        pass
+    sock.close()
+    response = b"".join(chunks)
+    return (int(response.split(b" ", 2)[1]) if response else 0), response
+
+
+def _head(length: int | None, token: str = TOKEN, content_type="application/json") -> bytes:
+    size = "" if length is None else f"Content-Length: {length}\r\n"
+    return (
+        f"POST /predict HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: {content_type}\r\n{size}\r\n"
+    ).encode()
+
+
+def test_hostile_traffic_gets_4xx_and_healthz_stays_up(models, monkeypatch):
+    """Every malformed kind at once: no 500, the expected 4xx/503, /healthz within 1 s."""
+    limits = Limits(
+        max_body_bytes=4 << 20,
+        max_concurrent=2,
+        max_inflight_bytes=16 << 20,
+        request_timeout_s=20,
+        body_timeout_s=0.6,
+        header_timeout_s=0.6,
+    )
+    service = Service(models["video"], top_k=TOP_K, max_batch=8, max_wait_ms=1, limits=limits)
+    running = Running(service, token=TOKEN)
+    client = running.client
+    watch = HealthWatch(running.url)
+    statuses: list[int] = []
+
+    def post(body, content_type="application/json", headers=AUTH, **kwargs) -> httpx.Response:
+        if not isinstance(body, bytes | Iterator):
+            body = json.dumps(body).encode()
+        r = client.post(
+            "/predict", content=body, headers={"Content-Type": content_type, **headers}, **kwargs
+        )
+        statuses.append(r.status_code)
+        return r
+
+    try:
+        rng = np.random.default_rng(5)
+        video = {
+            "rgb": rng.normal(0, 1, 1024).round(3).tolist(),
+            "audio": rng.normal(0, 1, 128).round(3).tolist(),
+        }
+        large = json.dumps([video] * 400).encode()  # ~3 MiB, under the 4 MiB limit
+        assert 2 << 20 < len(large) < limits.max_body_bytes
+        cases = [
+            # (body, content type, headers, status, words the message must hold)
+            (video, "application/json", {}, 401, ["missing token"]),
+            (video, "application/json", {"Authorization": "Bearer guess"}, 401, ["wrong token"]),
+            (video, "application/json", {"Authorization": TOKEN}, 401, ["wrong token"]),
+            (b'{"rgb": [1, 2', "application/json", AUTH, 400, ["malformed JSON"]),
+            (b"[" * 200_000, "application/json", AUTH, 400, ["deeper than"]),
+            (b'{"a": ' * 100_000, "application/json", AUTH, 400, ["deeper than"]),
+            (b"\xff\xfe\x00", "application/json", AUTH, 400, ["malformed JSON"]),
+            ({**video, "id": "\ud800"}, "application/json", AUTH, 400, ["surrogate"]),
+            ({**video, "rgb": [1.0] * 1000}, "application/json", AUTH, 422, ["[1000]"]),
+            ({**video, "rgb": [video["rgb"]] * 2}, "application/json", AUTH, 422, ["of lists"]),
+            ({**video, "rgb": ["1"] * 1024}, "application/json", AUTH, 422, ["of strings"]),
+            ({**video, "audio": None}, "application/json", AUTH, 422, ["'audio' is null"]),
+            ({**video, "id": 3}, "application/json", AUTH, 422, ["'id' is a number"]),
+            ({**video, "id": "x" * 10_000}, "application/json", AUTH, 422, ["4096"]),
+            ({**video, "quantized": 1}, "application/json", AUTH, 422, ["true or false"]),
+            ([video, "x"], "application/json", AUTH, 422, ["JSON video 1 is a string"]),
+            (3.5, "application/json", AUTH, 422, ["JSON body is a number"]),
+            (b"not a record", "application/x-tfrecord", AUTH, 400, ["TFRecord body"]),
+            (video, "text/plain", AUTH, 415, ["text/plain"]),
+            (b"x" * (limits.max_body_bytes + 1), "application/json", AUTH, 413, ["over the limit"]),
+            (iter([b"[" * (1 << 20)] * 5), "application/json", AUTH, 413, ["over the limit"]),
+        ]
+        for body, content_type, headers, status, words in cases:
+            r = post(body, content_type, headers)
+            assert r.status_code == status, (words, r.text[:300])
+            assert all(w in r.json()["error"] for w in words), (words, r.json()["error"])
+            if status == 401:
+                assert r.headers["WWW-Authenticate"] == "Bearer"
+        r = post(video, params={"top_k": "many"})
+        assert r.status_code == 422 and "top_k" in r.json()["error"]
+        assert client.get("/stats").status_code == 401  # every route but /healthz
+        assert client.get("/nowhere", headers=AUTH).status_code == 404
+        r = post(large)
+        assert r.status_code == 200 and len(r.json()["predictions"]) == 400
+        # Parsing runs in a worker thread: a parse that takes 1.5 s holds up no /healthz.
+        with monkeypatch.context() as m:
+            m.setattr(serve_app, "parse_json", lambda *a: time.sleep(1.5) or parse_json(*a))
+            assert post(video).status_code == 200
+
+        # Slow clients. Headers a byte at a time: cut off at header_timeout_s with 408.
+        sock, start = _connect(running.port), time.monotonic()
+        try:
+            for byte in _head(10):
+                sock.sendall(bytes([byte]))
+                if select.select([sock], [], [], 0.05)[0]:
+                    break
+        except OSError:  # the server closed first
+            pass
+        status, response = _until_closed(sock)
+        assert status == 408 and b"header_timeout_s" in response, response
+        assert time.monotonic() - start < 3
+        # Headers growing past h11's limit (MAX_HEADER_BYTES) unfinished: 400 from uvicorn.
+        sock = _connect(running.port, _head(10)[:-2] + b"X-Big: " + b"a" * 40_000)
+        assert _until_closed(sock)[0] == 400
+        # A connection that sends nothing is closed too, without an answer.
+        sock, start = _connect(running.port), time.monotonic()
+        assert _until_closed(sock) == (0, b"") and time.monotonic() - start < 3
+        # Two bodies that trickle take both admission slots: the next request gets 503 with
+        # Retry-After at once; the slow ones get 408 at body_timeout_s.
+        slow = [_connect(running.port, _head(1000) + b"[0.5, ") for _ in range(2)]
+        deadline = time.monotonic() + 5
+        while client.get("/stats", headers=AUTH).json()["active_requests"] < 2:
+            assert time.monotonic() < deadline, "the slow requests were not admitted"
+            time.sleep(0.02)
+        r = post(video)
+        assert r.status_code == 503 and "busy" in r.json()["error"], r.text
+        assert r.headers["Retry-After"] == "1"
+        for sock in slow:
+            status, response = _until_closed(sock)
+            assert status == 408 and b"body_timeout_s" in response, response
+        # A request the model does not answer in request_timeout_s: 503 with Retry-After.
+        batcher = service.batcher
+        predict = batcher.predict
+
+        def stuck(batch):
+            time.sleep(1.0)
+            return predict(batch)
+
+        batcher.predict = stuck
+        service.limits = dataclasses.replace(limits, request_timeout_s=0.3)
+        try:
+            r = post(video)
+        finally:
+            batcher.predict, service.limits = predict, limits
+        assert r.status_code == 503 and "--request_timeout_s" in r.json()["error"], r.text
+        assert r.headers["Retry-After"] == "1"
+        r = post(video)  # the server goes on
+        assert r.status_code == 200 and len(r.json()["predictions"]) == 1
+    finally:
+        answers = watch.stop()
+        stats = client.get("/stats", headers=AUTH).json()
+        running.stop()
+    assert 503 in statuses and all(s < 500 or s == 503 for s in statuses), statuses
+    assert "500" not in stats["error_requests"] and stats["active_requests"] == 0
+    assert len(answers) > 10
+    slow_or_failed = [(status, t) for status, t in answers if status != 200 or t > 1.0]
+    assert not slow_or_failed, slow_or_failed
+
+
 def test_batcher_sizes_splits_and_no_batching():
     calls = []
 
@@ -433,13 +638,55 @@ def test_batcher_sizes_splits_and_no_batching():
     assert calls_ == [1, 2, 1]
 
 
-def test_command_line(models, capsys):
+def test_command_line(models, capsys, monkeypatch):
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
     with pytest.raises(SystemExit) as e:
         main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    assert "--max_wait_ms" in out and "python -m vmjax.serve --model" in out
+    for flag in ("--max_wait_ms", "--token", "--max_concurrent", "--request_timeout_s"):
+        assert flag in out
+    assert TOKEN_ENV in out and "python -m vmjax.serve --model" in out
+    model = ["--model", models["video"]]
+    cases = [
+        # (arguments, words the error must hold)
+        (
+            ["--model", models["vocabulary"], "--port", "0"],
+            ["is not a file written by vmjax.export"],
+        ),
+        (["--model", "/nonexistent/model.bin"], ["--model", "no such file"]),
+        ([], ["--model"]),
+        ([*model, "--log_level", "bogus"], ["--log_level", "'bogus'", "warning"]),
+        ([*model, "--port", "99999"], ["--port", "99999", "0..65535"]),
+        ([*model, "--port", "-1"], ["--port", "0..65535"]),
+        ([*model, "--port", "http"], ["--port", "not an integer"]),
+        ([*model, "--max_batch", "0"], ["--max_batch", ">= 1"]),
+        ([*model, "--max_batch", "-3"], ["--max_batch", ">= 1"]),
+        ([*model, "--top_k", "0"], ["--top_k"]),
+        ([*model, "--max_wait_ms", "-1"], ["--max_wait_ms", ">= 0"]),
+        ([*model, "--request_timeout_s", "0"], ["--request_timeout_s", "> 0"]),
+        ([*model, "--vocabulary", "/nonexistent.csv"], ["--vocabulary", "no such file"]),
+        ([*model, "--max_body_bytes", "2000", "--max_inflight_bytes", "1000"], ["could never"]),
+        ([*model, "--token", " "], ["--token is empty"]),
+        (
+            [*model, "--host", "0.0.0.0"],
+            ["refusing to listen on 0.0.0.0", "--token", TOKEN_ENV],
+        ),
+    ]
+    for argv, words in cases:
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2, (argv, err)
+        assert all(w in err for w in words), (argv, words, err)
+        assert "Traceback" not in err and len(err.strip().splitlines()) <= 3, err
+    # The refusal is one line; with the token in the environment the address is allowed (and
+    # this file, no model, fails next).
+    main_line = "python -m vmjax.serve: error: refusing"
+    with pytest.raises(SystemExit):
+        main([*model, "--host", "0.0.0.0"])
+    assert capsys.readouterr().err.startswith(main_line)
+    monkeypatch.setenv(TOKEN_ENV, "s3cret")
     with pytest.raises(SystemExit) as e:
-        main(["--model", models["vocabulary"]])  # not an exported model
-    assert e.value.code == 1
-    assert "is not a file written by vmjax.export" in capsys.readouterr().err
+        main(["--model", models["vocabulary"], "--host", "0.0.0.0", "--port", "0"])
+    assert e.value.code == 2 and "not a file written by vmjax.export" in capsys.readouterr().err

@@ -22,12 +22,11 @@ import ml_collections
 import numpy as np
 from matplotlib.figure import Figure
 
-from vmjax import metrics
+from vmjax import metrics, trained
 from vmjax.data import pipeline, synthetic
-from vmjax.train import loop
+from vmjax.data.device import model_inputs
+from vmjax.train import inputs
 from vmjax.train import state as state_lib
-from vmjax.train.checkpoint import restore_checkpoint
-from vmjax.train.step import model_inputs
 
 MODALITIES = ("rgb", "audio", "text")
 
@@ -52,19 +51,22 @@ class Run:
     @classmethod
     def load(cls, workdir: str, step: int | None = None) -> Run:
         """Loads `workdir` and restores the checkpoint at `step` (default: the latest)."""
-        workdir = os.path.abspath(os.path.expanduser(workdir))
-        path = os.path.join(workdir, "config.json")
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{path} not found: is {workdir} a vmjax training workdir?")
-        with open(path) as f:
-            saved = json.load(f)
-        if "config" not in saved:
-            raise ValueError(f"{path} has no 'config' entry")
-        config = ml_collections.ConfigDict(saved["config"])
-        model, _, like = state_lib.init_run(config)
-        state, step = restore_checkpoint(os.path.join(workdir, "checkpoints"), like, step)
-        _, eval_files, data_dir = loop.resolve_data(config)
-        data_dir = data_dir or saved.get("resolved", {}).get("embedded_data_dir")
+        loaded = trained.load(workdir, step)
+        workdir, config, model, step = (
+            loaded.run.workdir,
+            loaded.config,
+            loaded.model,
+            loaded.step,
+        )
+        state = state_lib.TrainState(
+            step=np.int32(step),
+            params=loaded.params,
+            opt_state=None,
+            model_state=loaded.model_state,
+            rng=None,
+        )
+        _, eval_files, data_dir = inputs.resolve_data(config)
+        data_dir = data_dir or loaded.run.resolved.get("embedded_data_dir")
         num_classes = config.data.num_classes
         kinds = synthetic.class_kinds(data_dir) if data_dir else None
         oracle = synthetic.read_oracle(data_dir) if data_dir else None
@@ -73,8 +75,8 @@ class Run:
         return cls(
             workdir=workdir,
             config=config,
-            resolved=saved.get("resolved", {}),
-            metrics=_read_metrics(os.path.join(workdir, "metrics.jsonl")),
+            resolved=loaded.run.resolved,
+            metrics=loaded.run.metrics(),
             model=model,
             state=state,
             step=int(step),
@@ -93,7 +95,7 @@ class Run:
     def validation_batch(self, n: int) -> dict:
         """The first `n` validation videos as one batch (fewer if the split is smaller)."""
         spec = pipeline.BatchSpec.from_config(self.config.data)
-        batch = next(loop.eval_stream(self.config, spec, self.eval_files, n))
+        batch = next(inputs.eval_stream(self.config, spec, self.eval_files, n))
         keep = batch["weights"] > 0  # the pipeline pads a short split with zero-weight rows
         return {k: v[keep] for k, v in batch.items()}
 

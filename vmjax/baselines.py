@@ -337,9 +337,9 @@ def run_study(
     if config.data.format != "tfrecord":
         raise ValueError(f"data.format={config.data.format!r}: baselines read TFRecords only")
     # Imported here: the training loop pulls in JAX, which only resolving the data needs.
-    from vmjax.train import loop
+    from vmjax.train import inputs
 
-    train_files, eval_files, data_dir = loop.resolve_data(config)
+    train_files, eval_files, data_dir = inputs.resolve_data(config)
     d = config.data
     x_train, y_train, _ = load_features(train_files, d.level, d.num_classes, max_train)
     x_eval, y_eval, _ = load_features(eval_files, d.level, d.num_classes)

@@ -55,32 +55,26 @@ def export(
     platforms: the backends the file can run on (lowered for each here, none needed present).
     """
     # Model code is imported here, not at module level: `load` must work without it.
-    import ml_collections
-
-    from vmjax import __version__
+    from vmjax import __version__, trained
     from vmjax.data import pipeline
-    from vmjax.train import state as state_lib
-    from vmjax.train.checkpoint import restore_checkpoint
-    from vmjax.train.step import DTYPES, cast_floats, model_inputs
+    from vmjax.data.device import DTYPES, cast_floats, model_inputs
+    from vmjax.errors import RunDirectoryError
 
-    workdir = os.path.abspath(os.path.expanduser(workdir))
-    config_path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(config_path):
-        raise ExportError(f"{config_path} not found: is {workdir} a vmjax run directory?")
-    with open(config_path) as f:
-        try:
-            config = ml_collections.ConfigDict(json.load(f)["config"])
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ExportError(f"{config_path}: expected JSON with a 'config' object ({e})") from e
     if batch_size is not None and batch_size < 1:
         raise ExportError(f"batch_size={batch_size}; expected a positive number (or none)")
-
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    model, _, like = state_lib.init_run(config)
     try:
-        state, step = restore_checkpoint(ckpt_dir, like, step)
-    except FileNotFoundError as e:
+        run = trained.load(workdir, step)
+    except RunDirectoryError as e:
         raise ExportError(str(e)) from None
+    config, model, step, workdir = run.config, run.model, run.step, run.run.workdir
+    ckpt_dir = run.run.checkpoint_dir
+    params = run.params
+    quantized = "compress" in config and config.compress.method in ("qat", "ptq")
+    if quantized:  # the deployed model: int8 kernels (qwix PTQ) from the float checkpoint
+        from vmjax.compress import quantization
+
+        example_inputs = trained.example_inputs(config)
+        model, params = quantization.deployed(config, model, params, example_inputs)
     d = config.data
     if d.format == "video_files":  # decoded clips: uint8 pixels [b, frames, size, size, 3]
         level = "pixels"
@@ -93,7 +87,7 @@ def export(
         f"{d.num_classes} classes; restored {os.path.join(ckpt_dir, str(step))} "
         f"(step {step} of {config.num_train_steps})"
     )
-    variables = {"params": state.params, **state.model_state}
+    variables = jax.device_get({"params": params, **run.model_state})
     flat, treedef = jax.tree_util.tree_flatten_with_path(variables)
     leaves = []
     for path, x in flat:
@@ -155,6 +149,8 @@ def export(
         "num_parameters": int(sum(x.size for x in leaves)),
         "class_names": _class_name_source(config),
         "workdir": workdir,
+        "text_vocab_size": int(d.get("text_vocab_size", 0) or 0),  # for the server's checks
+        "weights": config.compress.weight_dtype if quantized else "float32",
     }
     arrays = {
         "header": np.frombuffer(json.dumps(header, indent=1).encode(), np.uint8),

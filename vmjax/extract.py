@@ -142,17 +142,14 @@ def decoded(paths: Iterable[str], decode_fn: Callable[[str], dict], workers: int
 
 
 def read_run_config(workdir: str) -> ml_collections.ConfigDict:
-    """The ConfigDict saved in WORKDIR/config.json by the trainer."""
-    import ml_collections
+    """The config of the run in `workdir` (vmjax.run: config.json with its recorded changes)."""
+    from vmjax import run as run_lib
+    from vmjax.errors import RunDirectoryError
 
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
-        raise ExtractError(f"{path} not found: is {workdir} a vmjax training workdir?")
-    with open(path) as f:
-        try:
-            return ml_collections.ConfigDict(json.load(f)["config"])
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ExtractError(f"{path}: expected JSON with a 'config' object ({e})") from e
+    try:
+        return run_lib.Run.open(workdir).config
+    except RunDirectoryError as e:
+        raise ExtractError(str(e)) from None
 
 
 def check_frame_encoder(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -205,24 +202,21 @@ def load_encoder(workdir: str, step: int | None = None, batch_frames: int = 64) 
     """The frame encoder of checkpoint `step` (default: the latest) of the run in `workdir`."""
     import jax
 
-    from vmjax.models import build_model
-    from vmjax.train import state as state_lib
-    from vmjax.train.checkpoint import restore_checkpoint
+    from vmjax import trained
+    from vmjax.errors import RunDirectoryError
 
     workdir = os.path.abspath(os.path.expanduser(workdir))
     config = read_run_config(workdir)
     sub = check_frame_encoder(config, workdir)
-    model = build_model(config.model, config.data.num_classes)
-    # Only the structure, shapes and dtypes: computing a fresh initialisation to overwrite it
-    # would cost more than the restore (tens of seconds for a ResNet on CPU).
-    like = jax.eval_shape(lambda: state_lib.init_run(config)[2])
     try:
-        state, step = restore_checkpoint(os.path.join(workdir, "checkpoints"), like, step)
-    except FileNotFoundError as e:
+        # Parameters from shapes only: no initialisation computed just to be overwritten.
+        run = trained.load(workdir, step)
+    except RunDirectoryError as e:
         raise ExtractError(str(e)) from None
-    variables = {"params": state.params[sub]}
+    model, step = run.model, run.step
+    variables = {"params": run.params[sub]}
     # Non-parameter collections (BatchNorm's batch_stats) of the encoder, in eval mode.
-    variables |= {k: v[sub] for k, v in state.model_state.items() if sub in v}
+    variables |= {k: v[sub] for k, v in run.model_state.items() if sub in v}
     variables = jax.device_get(variables)
     apply = _jitted_encoder(json.dumps(getattr(model, sub), sort_keys=True))
     size = config.data.image_size

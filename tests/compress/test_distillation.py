@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 from vmjax.compress import distillation, pruning
-from vmjax.train import loop
-from vmjax.train import state as state_lib
+from vmjax.train import loop, setup
 from vmjax.train.checkpoint import restore_checkpoint
 from vmjax.train.step import train_step, weighted_loss
 
@@ -89,7 +88,7 @@ def test_the_pruned_run_saves_exactly_half_zero_kernels_and_its_masks(teacher):
     workdir, result, _ = teacher
     assert result["step"] == 6
     config = loop_config(workdir)
-    _, _, like = state_lib.init_run(config)
+    _, _, like = setup.init_run(config)
     for step, sparsity in ((3, 0.0), (6, 0.5)):  # the one mask update is the 4th update
         state, _ = restore_checkpoint(os.path.join(workdir, "checkpoints"), like, step)
         kernel = np.asarray(state.params["head"]["logits"]["kernel"])
@@ -119,7 +118,7 @@ def test_student_trains_from_the_teacher_workdir(teacher):
 
     # The student's train step on one batch: its distillation loss falls towards its floor and
     # its scores move towards the teacher's, whose parameters stay as restored.
-    model, tx, state = state_lib.init_run(c)
+    model, tx, state = setup.init_run(c)
     assert distillation.find(state.opt_state) is not None
     rng = np.random.default_rng(0)
     batch = {
@@ -129,7 +128,7 @@ def test_student_trains_from_the_teacher_workdir(teacher):
         "weights": np.ones(16, np.float32),
     }
     step = jax.jit(functools.partial(train_step, model=model, tx=tx))
-    from vmjax.train.step import model_inputs
+    from vmjax.data.device import model_inputs
 
     def gap_to_teacher(state):
         inputs = model_inputs(batch)
@@ -171,7 +170,7 @@ def test_ptq_of_the_teacher_run_stores_int8_and_keeps_its_gap(teacher):
     assert stored["head/logits/kernel.qvalue"].dtype == np.int8
     assert stored["head/logits/bias"].dtype == np.float32
     # The int8 values are the teacher's kernel / its per-class scale, rounded; pruned stay 0.
-    _, _, like = state_lib.init_run(loop_config(teacher_dir))
+    _, _, like = setup.init_run(loop_config(teacher_dir))
     float_state, _ = restore_checkpoint(os.path.join(teacher_dir, "checkpoints"), like)
     w = np.asarray(float_state.params["head"]["logits"]["kernel"])
     scale = stored["head/logits/kernel.scale"]
@@ -182,6 +181,6 @@ def test_ptq_of_the_teacher_run_stores_int8_and_keeps_its_gap(teacher):
 
 
 def loop_config(workdir):
-    from vmjax.train.state import read_run_config
+    from vmjax import run
 
-    return read_run_config(workdir)[0]
+    return run.Run.open(workdir).config

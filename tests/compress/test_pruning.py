@@ -13,6 +13,7 @@ import pytest
 
 from vmjax.compress import pruning
 from vmjax.models import build_model
+from vmjax.train import setup
 from vmjax.train import state as state_lib
 from vmjax.train.step import train_step
 
@@ -103,6 +104,92 @@ def test_magnitude_mask_counts_exactly_even_with_ties(sparsity):
     np.testing.assert_array_equal(mask.ravel(), want)
 
 
+def _numpy_mask(w: np.ndarray, sparsity: float) -> np.ndarray:
+    """Magnitude pruning by hand: drop the round(s n) smallest |w|, ties by position."""
+    keep = np.ones(w.size, bool)
+    keep[np.argsort(np.abs(w).ravel(), kind="stable")[: round(sparsity * w.size)]] = False
+    return keep.reshape(w.shape)
+
+
+@pytest.mark.parametrize("sparsity", [0.1, 0.5, 0.9])
+def test_magnitude_mask_matches_numpy_across_magnitudes_signs_zeros_and_denormals(sparsity):
+    rng = np.random.default_rng(4)
+    w = (10.0 ** rng.uniform(-30, 30, (48, 25))) * rng.choice([-1.0, 1.0], (48, 25))
+    w = w.astype(np.float32)
+    w.flat[:40] = 0.0
+    w.flat[40:80] = -0.0
+    w.flat[80:120] = rng.choice([-1.0, 1.0], 40) * np.float32(1e-40)  # float32 denormals
+    w.flat[120:400] = rng.choice([-3.0, -2.0, 2.0, 3.0], 280)  # ties far from the zeros
+    w = rng.permutation(w.ravel()).reshape(w.shape)
+    mask = np.asarray(jax.jit(pruning.magnitude_mask)(jnp.asarray(w), sparsity))
+    np.testing.assert_array_equal(mask, _numpy_mask(w, sparsity))
+
+
+def test_state_masks_match_numpy_at_updates_hold_between_and_pruned_stay_zero():
+    """Masks read from the optimizer state, step by step, against numpy on the same weights."""
+    rng = np.random.default_rng(5)
+    dense = rng.normal(size=(30, 20)).astype(np.float32)
+    dense[15:] = rng.integers(-3, 4, (15, 20))  # these rows get no gradient: their ties persist
+    params = {
+        "dense": {"kernel": jnp.asarray(dense), "bias": jnp.ones(20)},
+        "conv": {"kernel": jnp.asarray(rng.normal(size=(3, 4, 5)), jnp.float32)},
+    }
+    s_f, t0, end, dt = 0.7, 1, 9, 3  # updates at 1, 4, 7 and 9 (the end)
+    tx = optax.chain(optax.sgd(0.05), pruning.magnitude_pruning(s_f, t0, end, dt))
+
+    @jax.jit
+    def step(params, opt_state, grads):
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    opt_state = tx.init(params)
+    masks = [np.ones((3, 4, 5), bool), np.ones((30, 20), bool)]  # conv, dense: tree order
+    for t in range(12):
+        grads = jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), params)
+        grads["dense"]["kernel"][15:] = 0
+        before = [np.asarray(params["conv"]["kernel"]), np.asarray(params["dense"]["kernel"])]
+        params, opt_state = step(params, opt_state, grads)
+        got = [np.asarray(m) for m in pruning.masks_of(opt_state)]
+        if t in (1, 4, 7, 9):
+            s_t = _zhu_gupta(t, s_f, t0, 1, end - t0)
+            masks = [_numpy_mask(w, s_t) for w in before]
+            # The schedule is not degenerate here: every update prunes more, and ties matter.
+            assert all((~m).sum() == round(s_t * m.size) for m in masks)
+        for m_got, m_want in zip(got, masks, strict=True):
+            np.testing.assert_array_equal(m_got, m_want, err_msg=f"step {t}")
+        after = [np.asarray(params["conv"]["kernel"]), np.asarray(params["dense"]["kernel"])]
+        for w, w_before, m in zip(after, before, masks, strict=True):
+            assert (w[~m] == 0).all() and (np.signbit(w[~m]) == 0).all(), t  # exactly +0
+            moved = ~np.isclose(w, w_before)
+            assert moved[m].any(), t  # kept weights still train
+    assert (~masks[1][15:]).sum() > 0  # the tied rows were pruned too
+
+
+def _primitives(jaxpr, inside_cond: bool, found: dict) -> None:
+    """Adds each primitive's name under found[inside a lax.cond branch or not]."""
+    for eqn in jaxpr.eqns:
+        found[inside_cond].add(eqn.primitive.name)
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, tuple | list) else (value,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    _primitives(inner, inside_cond or eqn.primitive.name == "cond", found)
+
+
+def test_mask_computation_runs_only_inside_the_update_cond():
+    """The threshold search and the tie-breaking sum are traced only inside lax.cond branches,
+    so steps between mask updates do none of that work."""
+    params = {"dense": {"kernel": jnp.ones((8, 6))}}
+    tx = optax.chain(optax.sgd(0.1), pruning.magnitude_pruning(0.5, 0, 10, 5))
+    state = tx.init(params)
+    jaxpr = jax.make_jaxpr(lambda g, s, p: tx.update(g, s, p))(params, state, params).jaxpr
+    found = {False: set(), True: set()}
+    _primitives(jaxpr, False, found)
+    loops = {"while", "scan"}  # the bisection (a fori_loop) traces as either
+    assert "cumsum" in found[True] and loops & found[True]
+    assert not (loops | {"cumsum", "sort", "reduce_sum"}) & found[False]
+
+
 def test_regex_picks_kernels_only_by_default():
     params = {
         "head": {"gates": {"kernel": 1}, "experts": {"kernel": 2, "bias": 3}},
@@ -170,6 +257,6 @@ def test_prune_preset_chains_pruning_into_the_run_and_follows_num_train_steps():
     c.num_train_steps = 240
     assert (c.compress.begin_step, c.compress.end_step, c.compress.update_every) == (40, 160, 10)
     c.data.num_classes = 12
-    _, _, state = state_lib.init_run(c)
+    _, _, state = setup.init_run(c)
     masks = pruning.masks_of(state.opt_state)
     assert [m.shape for m in masks] == [(1152, 12 * 2), (1152, 12 * 3)]  # experts, gates

@@ -3,10 +3,12 @@
 import os
 import pickle
 import struct
+import tracemalloc
 
 import numpy as np
 import pytest
 
+from vmjax.data import tfrecord
 from vmjax.data.tfrecord import (
     RecordError,
     TFRecordWriter,
@@ -183,6 +185,44 @@ def test_truncated_file(tmp_path, cut, field):
     with pytest.raises(RecordError) as info:
         list(read_records(str(path)))
     _assert_error(info.value, str(path), 1, offset, field)
+
+
+def _valid_length_header(length: int) -> bytes:
+    packed = struct.pack("<Q", length)
+    return packed + struct.pack("<I", reference_masked_crc(packed))
+
+
+@pytest.mark.parametrize(
+    "length", [2**64 - 1, 2**63, 2**40, tfrecord.MAX_RECORD_BYTES + 1], ids=str
+)
+def test_huge_length_with_valid_crc(tmp_path, length):
+    # A 32-bit length CRC lets 1 in 4 billion garbage headers through; their lengths raised
+    # OverflowError (>= 2**63) or MemoryError instead of naming the record.
+    path = tmp_path / "train0.tfrecord"
+    path.write_bytes(frame_record(b"ok") + _valid_length_header(length) + b"garbage")
+    for source in ({"path": str(path)}, {"path": "<body>", "data": path.read_bytes()}):
+        with pytest.raises(RecordError, match="MAX_RECORD_BYTES") as info:
+            list(read_records(**source))
+        _assert_error(info.value, source["path"], 1, 18, "length")
+    # With a skip handler, the record before it is kept and the rest of the file is lost.
+    errors = []
+    assert [p for _, _, p in read_records(str(path), on_error=errors.append)] == [b"ok"]
+    assert [e.field for e in errors] == ["length"]
+
+
+def test_length_past_the_end_is_not_read(tmp_path):
+    # A plausible length longer than the file is a truncation, found without allocating it.
+    path = tmp_path / "train0.tfrecord"
+    path.write_bytes(_valid_length_header(tfrecord.MAX_RECORD_BYTES) + b"short")
+    tracemalloc.start()
+    try:
+        with pytest.raises(RecordError, match="truncated payload: 5 of 268435456 bytes") as info:
+            list(read_records(str(path)))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    _assert_error(info.value, str(path), 0, 0, "data")
+    assert peak < 16 << 20
 
 
 def test_record_error_message_and_pickle():

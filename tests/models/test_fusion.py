@@ -1,5 +1,6 @@
-"""Fusion: concat and gated sums against numpy, MBT's fusion_layer extremes, late averaging."""
+"""Fusion: concat and gated sums against numpy, MBT's exchange by gradients, late averaging."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 
 from tests.models.random_params import random_params
 from vmjax.models.fusion import BottleneckFusion, ConcatFusion, GatedFusion, LateFusion
+from vmjax.models.transformer import EncoderBlock
 
 B, D = 3, 16
 
@@ -118,3 +120,108 @@ def test_bottleneck_fusion_rejects_bad_fusion_layer():
     tokens, masks = _tokens()
     with pytest.raises(ValueError, match="fusion_layer"):
         _params(_mbt(3), tokens, masks, train=False)
+
+
+# ------------------------------------------------- MBT's defining property, by gradients
+# Three layers fusing from layer 1 (MBT's L_f = 1): layer 0 is per-modality, layer 1 is the
+# first to exchange through the bottlenecks, layer 2 the first to read what layer 1 wrote.
+_FUSING = BottleneckFusion(num_layers=3, fusion_layer=1, num_heads=2, mlp_dim=16, num_bottlenecks=2)
+
+
+def _mbt_inputs() -> dict[str, jax.Array]:
+    rng = np.random.default_rng(3)
+    return {
+        "rgb": jnp.asarray(rng.normal(size=(1, 4, 8)), jnp.float32),
+        "audio": jnp.asarray(rng.normal(size=(1, 3, 8)), jnp.float32),
+    }
+
+
+_NO_CUT, _CUT_BOTTLENECK, _CUT_TOKENS = ((False, False), (True, False), (False, True))
+
+
+def _traced(params: dict, tokens: dict, cut: jax.Array) -> tuple[dict, dict]:
+    """(final outputs, {block name: (its input, its output)}) of _FUSING on `tokens`.
+
+    cut: two flags. In audio's fused blocks, cut[0] stops the gradient of the input's
+    bottleneck rows (the last num_bottlenecks), cut[1] that of audio's own rows. The forward
+    pass is unchanged, only the paths a gradient may take into audio are cut; as traced flags
+    (not Python ones) they select the paths inside one compiled program.
+    """
+    record = {}
+    nb = _FUSING.num_bottlenecks
+
+    def interceptor(f, args, kwargs, context):
+        if not (isinstance(context.module, EncoderBlock) and context.method_name == "__call__"):
+            return f(*args, **kwargs)
+        x, *rest = args
+        name = context.module.name
+        if name.startswith("audio_") and int(name.rsplit("_", 1)[1]) >= _FUSING.fusion_layer:
+            own, bottleneck = x[:, :-nb], x[:, -nb:]
+            own = jnp.where(cut[1], jax.lax.stop_gradient(own), own)
+            bottleneck = jnp.where(cut[0], jax.lax.stop_gradient(bottleneck), bottleneck)
+            x = jnp.concatenate([own, bottleneck], axis=1)
+        out = f(x, *rest, **kwargs)
+        record[name] = (x, out)
+        return out
+
+    with nn.intercept_methods(interceptor):
+        out = _FUSING.apply({"params": params}, tokens, train=False)
+    return out, record
+
+
+@jax.jit
+def _jit_audio_jacobians(params: dict, tokens: dict, cut: jax.Array) -> tuple[dict, dict]:
+    def audio(rgb):
+        out, record = _traced(params, dict(tokens, rgb=rgb), cut)
+        blocks = {name: y for name, (_, y) in record.items() if name.startswith("audio_")}
+        return blocks | {"audio_cls": out["audio"]}, record
+
+    return jax.jacrev(audio, has_aux=True)(tokens["rgb"])
+
+
+def _audio_jacobians(params: dict, tokens: dict, cut=_NO_CUT) -> tuple[dict, dict]:
+    """(d(audio's block outputs and final CLS) / d(rgb input) by name, `_traced`'s record)."""
+    return _jit_audio_jacobians(params, tokens, jnp.asarray(cut))
+
+
+def _moves(jacobian: jax.Array) -> bool:
+    return bool(jnp.any(jacobian != 0))
+
+
+def test_bottleneck_fusion_mixes_modalities_only_after_the_fusion_layer_via_bottlenecks():
+    tokens = _mbt_inputs()
+    params = _params(_FUSING, tokens, train=False)
+    # Separate weights per modality (MBT's default; Scenic's share_encoder=False).
+    assert {"rgb_block_0", "audio_block_0", "rgb_block_2", "audio_block_2"} <= set(params)
+    n = 1 + 3  # audio's CLS and tokens; the bottleneck rows follow them from layer 1 on
+
+    jac, _ = _audio_jacobians(params, tokens)
+    # Before the fusion layer, and in it (it reads only the learned initial bottlenecks), no
+    # audio token depends on the rgb input: exactly zero gradient, not just a small one.
+    assert not _moves(jac["audio_block_0"])
+    assert not _moves(jac["audio_block_1"])
+    # After it, audio's own tokens (not only its bottleneck rows) and its output depend on rgb.
+    assert _moves(jac["audio_block_2"][:, :n]) and _moves(jac["audio_cls"])
+
+    # Only through the bottleneck rows: with their gradient cut where audio's blocks read
+    # them, rgb reaches audio nowhere; cutting audio's own rows instead leaves the dependence.
+    cut, _ = _audio_jacobians(params, tokens, _CUT_BOTTLENECK)
+    assert not any(_moves(j) for j in cut.values())
+    kept, _ = _audio_jacobians(params, tokens, _CUT_TOKENS)
+    assert _moves(kept["audio_block_2"][:, :n]) and _moves(kept["audio_cls"])
+
+
+def test_bottleneck_tokens_are_the_mean_of_the_modalities_updates():
+    tokens = _mbt_inputs()
+    params = _params(_FUSING, tokens, train=False)
+    _, record = _audio_jacobians(params, tokens)  # compiled once for both tests
+    nb = _FUSING.num_bottlenecks
+    bottleneck_in = {name: np.asarray(x[:, -nb:]) for name, (x, _) in record.items()}
+    # Layer 1 (the fusion layer) reads the learned bottleneck tokens z_fsn (MBT eq. 8) ...
+    for m in ("rgb", "audio"):
+        np.testing.assert_array_equal(bottleneck_in[f"{m}_block_1"], params["bottleneck"])
+    # ... and layer 2 the mean over the modalities of layer 1's bottleneck rows (eq. 9).
+    updates = [np.asarray(record[f"{m}_block_1"][1][:, -nb:]) for m in ("rgb", "audio")]
+    for m in ("rgb", "audio"):
+        np.testing.assert_allclose(bottleneck_in[f"{m}_block_2"], np.mean(updates, axis=0), 1e-6)
+    assert not np.allclose(updates[0], updates[1], atol=1e-3)  # a mean of two different ones

@@ -1,4 +1,5 @@
-"""ViViT: embeddings against numpy, the four variants' shapes, masking and factorisation."""
+"""ViViT: embeddings against numpy, the four variants' shapes, masking and factorisation, and
+the paper's parameter counts at its Kinetics-400 setup."""
 
 import functools
 import importlib.util
@@ -133,19 +134,31 @@ def test_pixel_shapes(variant):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_token_sequence_shapes(variant):
-    tokens = jnp.ones((3, 4, 4, HIDDEN))
-    model = ViViT(variant, 1, HIDDEN, 4, 64, num_temporal_layers=1, pooling=_pooling(variant))
+def test_token_sequence_shapes_and_auto_pooling(variant):
+    tokens = jnp.asarray(np.random.default_rng(0).normal(size=(3, 4, 4, HIDDEN)), jnp.float32)
+    model = ViViT(variant, 1, HIDDEN, 4, 64, num_temporal_layers=1)  # pooling='auto'
     variables = {"params": _params(model, tokens, train=False)}
     pooled, out = model.apply(variables, tokens, train=False, return_tokens=True)
     assert pooled.shape == (3, HIDDEN)
     assert out.shape == ((3, 4, 1, HIDDEN) if variant == "factorised_encoder" else tokens.shape)
+    # 'auto' is the explicit choice the variant allows: same parameters, same output.
+    explicit = ViViT(variant, 1, HIDDEN, 4, 64, num_temporal_layers=1, pooling=_pooling(variant))
+    np.testing.assert_array_equal(explicit.apply(variables, tokens, train=False), pooled)
+    if _pooling(variant) == "mean":  # Models 3 and 4: the mean of the final tokens
+        np.testing.assert_allclose(pooled, np.mean(out, axis=(1, 2)), rtol=1e-5, atol=1e-6)
+    else:  # Models 1 and 2: a CLS token, whose output is not the tokens' mean
+        assert not np.allclose(pooled, np.mean(out, axis=(1, 2)), atol=1e-3)
 
 
-@pytest.mark.parametrize("variant,pooling", VARIANT_POOLINGS)
-def test_padded_frames_change_nothing(variant, pooling):
+@pytest.mark.parametrize(
+    "variant,pooling,layout",
+    [(v, p, "factorised") for v, p in VARIANT_POOLINGS]
+    # One table over all tokens (Models 1, 3, 4 share its code): rows t * ns + s.
+    + [("spatio_temporal", "cls", "joint")],
+)
+def test_padded_frames_change_nothing(variant, pooling, layout):
     frames, mask = _frames()
-    model = _encoder(variant, pooling, tokens_per_frame=4)
+    model = _encoder(variant, pooling, tokens_per_frame=4, posemb_layout=layout)
     variables = {"params": _params(model, frames, mask, train=False)}
     out = model.apply(variables, frames, mask, train=False)
     assert out.shape == (3, HIDDEN) and bool(jnp.all(jnp.isfinite(out)))
@@ -157,9 +170,11 @@ def test_padded_frames_change_nothing(variant, pooling):
     # Padded frames still carry their positional embedding; moving it must not matter either,
     # which fails if any valid token (or the pooling) looks at a padded time step.
     params = jax.tree.map(lambda p: p, variables["params"])
-    pos = params["vivit"]["pos_embedding_time"]
-    noise = jax.random.normal(jax.random.key(1), pos[:, 2:].shape)
-    params["vivit"]["pos_embedding_time"] = pos.at[:, 2:].add(noise)
+    # Frames 2-3 are padded in rows 1 and 2: time rows 2 on, or joint rows 2 * ns on.
+    name, first_padded = ("pos_embedding", 8) if layout == "joint" else ("pos_embedding_time", 2)
+    pos = params["vivit"][name]
+    noise = jax.random.normal(jax.random.key(1), pos[:, first_padded:].shape)
+    params["vivit"][name] = pos.at[:, first_padded:].add(noise)
     moved = model.apply({"params": params}, frames, mask, train=False)
     np.testing.assert_allclose(moved[1:], out[1:], atol=1e-5)
     assert not np.allclose(moved[0], out[0], atol=1e-3)  # Row 0 has every frame valid.
@@ -249,10 +264,10 @@ def test_factorised_dot_product_splits_heads():
 
 def test_rejects_cls_without_a_cls_token_and_odd_heads():
     tokens = jnp.ones((1, 2, 2, HIDDEN))
-    with pytest.raises(ValueError, match="pooling='mean'"):
-        _params(
-            ViViT("factorised_self_attention", 1, HIDDEN, 4, 64, pooling="cls"), tokens, train=False
-        )
+    for variant in ("factorised_self_attention", "factorised_dot_product"):
+        with pytest.raises(ValueError, match=r"config\.model\.pooling.*pooling='mean'") as e:
+            _params(ViViT(variant, 1, HIDDEN, 4, 64, pooling="cls"), tokens, train=False)
+        assert f"variant={variant!r}" in str(e.value) and "config.model.variant" in str(e.value)
     with pytest.raises(ValueError, match="even num_heads"):
         _params(
             ViViT("factorised_dot_product", 1, HIDDEN, 1, 64, pooling="mean"), tokens, train=False
@@ -284,27 +299,74 @@ def _load_config(arg: str | None = None):
     return module.get_config(arg)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_k400_config_builds_every_variant(variant):
+@functools.cache
+def _k400_shapes(variant: str) -> tuple[jax.ShapeDtypeStruct, dict]:
+    """(logits, variables) shapes of configs/vivit_k400.py with only `variant` changed."""
     config = _load_config()
     assert config.model.name == "vivit_pixels" and config.data.format == "video_files"
-    config.model.variant = variant
-    config.model.pooling = _pooling(variant)
+    config.model.variant = variant  # pooling and positions follow it ('auto')
     # Every hyper-parameter comes from the config, as the trainer builds it.
     model = build_model(config.model, config.data.num_classes)
     d = config.data
     pixels = jax.ShapeDtypeStruct((1, d.num_frames, d.image_size, d.image_size, 3), jnp.uint8)
     # Shapes only: nothing of ViViT-B's ~100M parameters is materialised.
-    out, variables = jax.eval_shape(
+    return jax.eval_shape(
         lambda v: model.init_with_output(jax.random.key(0), {"pixels": v}, train=False), pixels
     )
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_k400_config_builds_every_variant(variant):
+    out, variables = _k400_shapes(variant)
     assert out.shape == (1, 400)
-    pt, ph, pw = config.model.patch_size
-    nt, ns = d.num_frames // pt, (d.image_size // ph) * (d.image_size // pw)
-    assert (nt, ns) == (16, 196)
+    nt, ns = 32 // 2, (224 // 16) ** 2
     vivit = variables["params"]["vivit"]["vivit"]
-    assert vivit["pos_embedding_time"].shape == (1, nt, 1, 768)
-    assert vivit["pos_embedding_space"].shape == (1, 1, ns, 768)
+    if variant == "factorised_encoder":  # one table per encoder: space per frame, then time
+        assert vivit["pos_embedding_time"].shape == (1, nt, 1, 768)
+        assert vivit["pos_embedding_space"].shape == (1, 1, ns, 768)
+        assert {"cls_space", "cls_time"} <= set(vivit)
+    else:  # one table over all nt * ns tokens, as the paper (Sec. 3.4) and Scenic
+        assert vivit["pos_embedding"].shape == (1, nt * ns, 768)
+        assert ("cls" in vivit) == (variant == "spatio_temporal")
+
+
+# ViViT paper (Arnab et al. 2021, arXiv:2103.15691) Table 2: parameters of the ViViT-B models
+# on Kinetics-400 (tubelets 2x16x16, 32 frames of 224x224).
+PAPER_PARAMS = {
+    "spatio_temporal": 88.9e6,  # Model 1
+    "factorised_encoder": 115.1e6,  # Model 2
+    "factorised_self_attention": 117.3e6,  # Model 3
+    "factorised_dot_product": 88.9e6,  # Model 4
+}
+
+
+def _hand_count(variant: str) -> int:
+    """ViViT-B's parameters written out from the paper's architecture (Sec. 3.2-3.4)."""
+    d, mlp, layers, classes, nt, ns = 768, 3072, 12, 400, 16, 196
+    layer_norm = 2 * d
+    attention = 4 * (d * d + d)  # query, key, value, output: kernel and bias each
+    block = 2 * layer_norm + attention + (d * mlp + mlp) + (mlp * d + d)
+    embedding = 2 * 16 * 16 * 3 * d + d  # the tubelet projection
+    head = d * classes + classes
+    if variant == "factorised_encoder":
+        spatial = ns * d + d + layers * block + layer_norm  # positions, CLS, blocks, final LN
+        temporal = nt * d + d + 4 * block + layer_norm
+        return embedding + spatial + temporal + head
+    per_block = {  # Model 3 adds a temporal attention with its own LayerNorm to each block
+        "spatio_temporal": block,
+        "factorised_self_attention": block + layer_norm + attention,
+        "factorised_dot_product": block,  # the heads split, the weights stay the same
+    }[variant]
+    cls = d if variant == "spatio_temporal" else 0
+    return embedding + nt * ns * d + cls + layers * per_block + layer_norm + head
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_k400_parameter_counts_match_the_paper(variant):
+    _, variables = _k400_shapes(variant)
+    count = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(variables))
+    assert count == _hand_count(variant)
+    assert count == pytest.approx(PAPER_PARAMS[variant], rel=0.015)
 
 
 def test_k400_config_presets():

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from tests.train.test_loop import get_config
+from vmjax.data.device import model_inputs
 from vmjax.models import LEVEL, MODELS, build_model
 from vmjax.train import state as state_lib
-from vmjax.train.step import model_inputs, train_step
+from vmjax.train.step import train_step
 
 C, B, T = 12, 3, 6
 

@@ -5,9 +5,9 @@ import ml_collections
 import pytest
 
 from tests.train.test_step import _setup
+from vmjax.data.device import model_inputs
 from vmjax.tools import flops
 from vmjax.train import parallel
-from vmjax.train.step import model_inputs
 
 D, C, B = 1024 + 128, 50, 64  # logistic: one Dense [D -> C] on video-level rgb + audio
 

@@ -19,13 +19,12 @@ import pytest
 from tests.models.test_retrieval import VIVIT, ref_infonce
 from vmjax import metrics
 from vmjax.data import pipeline, synthetic
+from vmjax.data.device import model_inputs
 from vmjax.models import build_model
 from vmjax.models.audiovisual import AudioVisual
 from vmjax.tools import configs
-from vmjax.train import audiovisual, loop, pretrained
-from vmjax.train import state as state_lib
+from vmjax.train import audiovisual, inputs, loop, pretrained, setup
 from vmjax.train.checkpoint import restore_checkpoint
-from vmjax.train.step import model_inputs
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SYNTHETIC = dict(seed=0, num_train=256, num_validate=128, min_frames=4, max_frames=12)
@@ -77,15 +76,15 @@ def _restore(workdir: str, config):
     if config.get("task") == "audiovisual":
         like = jax.eval_shape(audiovisual.setup(config)[2].init)
     else:
-        like = jax.eval_shape(lambda: state_lib.init_run(config)[2])
+        like = jax.eval_shape(lambda: setup.init_run(config)[2])
     state, _ = restore_checkpoint(os.path.join(workdir, "checkpoints"), like)
     return jax.device_get(state.params)
 
 
 def _eval_batches(config):
-    _, eval_files, _ = loop.resolve_data(config)
+    _, eval_files, _ = inputs.resolve_data(config)
     spec = pipeline.BatchSpec.from_config(config.data)
-    return list(loop.eval_stream(config, spec, eval_files, config.eval_batch_size))
+    return list(inputs.eval_stream(config, spec, eval_files, config.eval_batch_size))
 
 
 # --- the model.
@@ -241,14 +240,14 @@ def test_linear_probe_keeps_the_pretrained_encoders_bit_identical(run, tmp_path)
     for m in ("rgb", "audio"):
         jax.tree.map(np.testing.assert_array_equal, probe[m], pre[m])
     # The head did train: it differs from the one the seed initialises.
-    fresh = jax.device_get(state_lib.init_run(config)[2].params)
+    fresh = jax.device_get(setup.init_run(config)[2].params)
     assert not np.allclose(probe["head"]["logits"]["bias"], fresh["head"]["logits"]["bias"])
 
 
 def test_finetune_starts_from_the_pretrained_encoders(run):
     config = get_config("finetune", run.cache)
     config.init_from.workdir = run.workdir
-    _, _, state = state_lib.init_run(config)
+    _, _, state = setup.init_run(config)
     # LP-FT: the encoders are held for the first half of the steps (tested below), then train.
     assert pretrained.frozen_modules(config) == ["rgb", "audio"]
     assert config.freeze_steps == config.num_train_steps // 2 == 4
@@ -266,7 +265,7 @@ def test_random_probe_freezes_the_seeded_encoders(run):
     config = get_config("random_probe", run.cache)
     config.optimizer.warmup_steps = 0  # a first update of the full learning rate
     assert pretrained.init_workdir(config) == ""
-    model, tx, state = state_lib.init_run(config)
+    model, tx, state = setup.init_run(config)
     grads = jax.tree.map(jnp.ones_like, state.params)
     updates, _ = tx.update(grads, state.opt_state, state.params)
     for m in ("rgb", "audio"):
@@ -278,7 +277,7 @@ def test_freeze_steps_hold_the_encoders_then_let_them_train(run):
     config = get_config("finetune", run.cache)
     config.optimizer.warmup_steps = 0
     config.freeze_steps = 2
-    _, tx, state = state_lib.init_run(config)
+    _, tx, state = setup.init_run(config)
     grads = jax.tree.map(jnp.ones_like, state.params)
     update = jax.jit(tx.update)
     opt_state, moved = state.opt_state, []
@@ -303,7 +302,7 @@ def test_init_from_a_run_with_other_shapes_names_the_module(run):
     config = get_config("finetune", run.cache)
     config.init_from.workdir = run.workdir
     config.model.hidden_size = 8  # the audio LSTM no longer fits
-    _, _, state = state_lib.init_run(config)
+    _, _, state = setup.init_run(config)
     with pytest.raises(ValueError, match="the 'audio' parameters do not fit"):
         pretrained.initialize(config, state.params)
     config.model.hidden_size = 16
@@ -316,7 +315,7 @@ def test_freeze_names_an_unknown_module(run):
     config = get_config("random_probe", run.cache)
     config.freeze = "rgb,video"
     with pytest.raises(ValueError, match=r"config.freeze names \['video'\]"):
-        state_lib.init_run(config)
+        setup.init_run(config)
 
 
 def test_pretraining_config_checks():

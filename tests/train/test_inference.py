@@ -12,7 +12,8 @@ import pytest
 
 from tests.train.test_loop import _metrics, _small
 from vmjax.data import tfrecord, yt8m
-from vmjax.train import inference, loop
+from vmjax.errors import RunDirectoryError
+from vmjax.train import inference, inputs, loop
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -27,7 +28,7 @@ def run(tmp_path_factory):
 
 
 def _eval_ids(config):
-    _, files, _ = loop.resolve_data(config)
+    _, files, _ = inputs.resolve_data(config)
     return [
         yt8m.decode_video_example(p)["id"] for f in files for _, _, p in tfrecord.read_records(f)
     ]
@@ -47,7 +48,7 @@ def test_eval_mode_reproduces_the_logged_metrics_and_writes_per_class_ap(run):
     assert all(int(r["Positives"]) > 0 for r in rows) and rows[0]["Name"]
     earlier = inference.evaluate_checkpoint(config, workdir, step=3)
     assert earlier["step"] == 3 and earlier["gap"] == pytest.approx(logged[0]["gap"], abs=1e-6)
-    with pytest.raises(FileNotFoundError, match=r"no checkpoint for step 4; it has steps \[3, 6\]"):
+    with pytest.raises(RunDirectoryError, match=r"no checkpoint for step 4; it has steps \[3, 6\]"):
         inference.evaluate_checkpoint(config, workdir, step=4)
 
 

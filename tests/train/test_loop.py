@@ -9,7 +9,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from vmjax.train import loop
+from vmjax.train import evaluate, inputs, loop
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "data" / "fixtures"
@@ -142,7 +142,7 @@ def test_evaluate_per_class_group_gap_matches_metrics_on_the_columns(tmp_path):
     from vmjax.data import synthetic
 
     c = _small(tmp_path)
-    _, eval_files, data_dir = loop.resolve_data(c)
+    _, eval_files, data_dir = inputs.resolve_data(c)
     groups = synthetic.class_kinds(data_dir)
     rng = np.random.default_rng(0)
     seen = []
@@ -158,7 +158,7 @@ def test_evaluate_per_class_group_gap_matches_metrics_on_the_columns(tmp_path):
             "count": batch["weights"].sum(),
         }
 
-    result = loop.evaluate(eval_fn, None, eval_files, c, groups)
+    result = evaluate.evaluate(eval_fn, None, eval_files, c, groups)
     scores = np.concatenate([s for s, _ in seen])
     labels = np.concatenate([y for _, y in seen])
     assert len(scores) == 40
@@ -214,7 +214,7 @@ def test_trains_on_an_array_record_dataset_converted_from_tfrecords(tmp_path):
     from vmjax.data import convert, synthetic
 
     c = _small(tmp_path, "frame,smoke")
-    _, _, data_dir = loop.resolve_data(c)
+    _, _, data_dir = inputs.resolve_data(c)
     train, validate = synthetic.patterns(data_dir, "frame")
     dst = str(tmp_path / "ar")
     convert.convert(train, dst, split="train", progress=False)

@@ -16,9 +16,9 @@ import pytest
 from tests.train.test_loop import override
 from vmjax import export
 from vmjax.data import synthetic_video, video_files, yt8m
+from vmjax.data.device import model_inputs
 from vmjax.models import build_model
-from vmjax.train import inference, loop
-from vmjax.train.step import model_inputs
+from vmjax.train import inference, inputs, loop
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 MODELS = ("vivit_pixels", "cnn_lstm")
@@ -131,8 +131,8 @@ def test_pixel_model_trains_evaluates_checkpoints_and_resumes(cache_dir, tmp_pat
     assert [i["name"] for i in header["inputs"]] == ["pixels", "mask"]
     assert header["inputs"][0]["shape"] == ["b", 4, 32, 32, 3]
     assert header["class_names"] == "vmjax.data.synthetic_video.CLASSES"
-    _, eval_files, _ = loop.resolve_data(config)
-    batch = next(loop.eval_stream(config, None, eval_files, 8))
+    _, eval_files, _ = inputs.resolve_data(config)
+    batch = next(inputs.eval_stream(config, None, eval_files, 8))
     scores = export.load(path)(batch)
     for r in np.flatnonzero(batch["weights"]):
         pairs = rows[batch["ids"][r]]
@@ -161,22 +161,22 @@ def test_resumed_run_reads_the_same_batches_as_an_uninterrupted_one(cache_dir, t
 
 def test_label_csvs_given_explicitly_read_the_same_items(cache_dir):
     c = _small(cache_dir)
-    train, evals, data_dir = loop.resolve_data(c)
+    train, evals, data_dir = inputs.resolve_data(c)
     c.data.train_pattern = os.path.join(data_dir, "train.csv")
     c.data.eval_pattern = os.path.join(data_dir, "validate.csv")
-    assert loop.resolve_data(c) == (train, evals, None)
+    assert inputs.resolve_data(c) == (train, evals, None)
     assert len(train) == 18 and all(len(labels) == 4 for _, labels in train)
 
 
 def test_bad_data_settings_are_clear_errors(cache_dir):
     with pytest.raises(ValueError, match=r"data.format='mp4'.*video_files"):
-        loop.resolve_data(_small(cache_dir, **{"data.format": "mp4"}))
+        inputs.resolve_data(_small(cache_dir, **{"data.format": "mp4"}))
     with pytest.raises(ValueError, match="csv_layout"):
-        loop.resolve_data(_small(cache_dir, **{"data.csv_layout": "youtube"}))
+        inputs.resolve_data(_small(cache_dir, **{"data.csv_layout": "youtube"}))
     with pytest.raises(ValueError, match="synthetic videos have 11 classes"):
-        loop.resolve_data(_small(cache_dir, **{"data.num_classes": 400}))
+        inputs.resolve_data(_small(cache_dir, **{"data.num_classes": 400}))
     with pytest.raises(ValueError, match="needs config.data.video_root"):
-        loop.resolve_data(
+        inputs.resolve_data(
             _small(
                 cache_dir,
                 **{

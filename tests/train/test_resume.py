@@ -18,6 +18,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from vmjax.train.checkpoint import MANIFEST
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 STEPS = 40
 
@@ -86,10 +88,10 @@ def _run(workdir, cache):
 
 
 def _wait_for_checkpoint(proc, workdir, step, timeout=300):
-    """Returns once checkpoint `step` is complete (orbax renames it into place when done)."""
-    path = workdir / "checkpoints" / str(step)
+    """Returns once checkpoint `step` is complete and verified (has its manifest)."""
+    path = workdir / "checkpoints" / str(step) / MANIFEST
     deadline = time.monotonic() + timeout
-    while not path.is_dir():
+    while not path.is_file():
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         assert time.monotonic() < deadline, "no checkpoint appeared"
         time.sleep(0.02)
@@ -136,13 +138,18 @@ def test_sigkill_midway_then_resume_matches_the_uninterrupted_run(reference, tmp
     proc.kill()
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL
-    done = [s for s in os.listdir(workdir / "checkpoints") if s.isdigit()]
-    resumed_from = max(map(int, done))
+    done = [int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit()]
+    # A checkpoint is good once its manifest is written after orbax's save; a kill between the
+    # two leaves the newest without one, and the run resumes from the one before.
+    verified = [s for s in done if (workdir / "checkpoints" / str(s) / MANIFEST).exists()]
+    resumed_from = max(verified)
     assert 10 <= resumed_from < STEPS  # killed midway
 
     again = _run(workdir, cache)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"Resuming from checkpoint {workdir / 'checkpoints' / str(resumed_from)}" in again.stderr
+    for unverified in set(done) - set(verified):
+        assert f"Skipping checkpoint {workdir / 'checkpoints' / str(unverified)}" in again.stderr
     _assert_same_run(workdir, reference, resumed_from + 1)
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from tests.train.test_loop import _small
 from vmjax.data import segments, tfrecord, yt8m
-from vmjax.train import inference, loop, segment_inference
+from vmjax.train import inference, inputs, loop, segment_inference
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -35,7 +35,7 @@ def reference(run):
     """Per listed segment of the eval data: (id, start, {class: rating}, scores [classes])."""
     config, workdir = run
     par, state, _ = inference.restore(config, workdir)
-    _, files, _ = loop.resolve_data(config)
+    _, files, _ = inputs.resolve_data(config)
     max_frames, out = config.data.max_frames, []
     for path in files:
         for _, _, payload in tfrecord.read_records(path):

@@ -7,9 +7,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vmjax.data.device import model_inputs
 from vmjax.models import build_model
 from vmjax.train import state as state_lib
-from vmjax.train.step import eval_step, model_inputs, train_step, weighted_loss
+from vmjax.train.step import eval_step, train_step, weighted_loss
 
 
 def _bce(logits, labels):

@@ -87,7 +87,7 @@ def find(opt_state) -> Teacher | None:
 
 def load_teacher(config: ml_collections.ConfigDict) -> Teacher:
     """The teacher of `config.compress.teacher_workdir`: its model and its latest checkpoint."""
-    from vmjax.train import state as state_lib
+    from vmjax import trained
 
     c = config.compress
     if not c.teacher_workdir:
@@ -97,17 +97,40 @@ def load_teacher(config: ml_collections.ConfigDict) -> Teacher:
             f"config.compress: temperature={c.temperature}, alpha={c.alpha}; expected "
             "temperature > 0 and 0 <= alpha <= 1"
         )
-    teacher_config, workdir = state_lib.read_run_config(c.teacher_workdir)
-    if teacher_config.data.num_classes != config.data.num_classes:
+    teacher = trained.load(c.teacher_workdir)
+    where = f"{teacher.run.workdir} (the teacher)"
+    if teacher.config.data.num_classes != config.data.num_classes:
         raise ValueError(
-            f"{workdir}/config.json: data.num_classes={teacher_config.data.num_classes}; the "
-            f"student has {config.data.num_classes}"
+            f"{where}: data.num_classes={teacher.config.data.num_classes}; the student has "
+            f"{config.data.num_classes}"
         )
-    if teacher_config.data.level != config.data.level:
+    if teacher.config.data.level != config.data.level:
         raise ValueError(
-            f"{workdir}/config.json: data.level={teacher_config.data.level!r}; the student "
-            f"reads {config.data.level!r} data and the teacher sees the student's batches"
+            f"{where}: data.level={teacher.config.data.level!r}; the student reads "
+            f"{config.data.level!r} data and the teacher sees the student's batches"
         )
-    model, state, _ = state_lib.restore_latest(teacher_config, workdir)
-    variables = {"params": state.params, **state.model_state}
-    return Teacher(variables, model, float(c.temperature), float(c.alpha))
+    return Teacher(teacher.variables, teacher.model, float(c.temperature), float(c.alpha))
+
+
+@flax.struct.dataclass
+class TeacherSlot:
+    """Where a Teacher sits in an optimizer state, in what a checkpoint holds: the teacher is
+    another run's, loaded from its own run directory, so checkpoints never carry it."""
+
+
+def _is_teacher(x) -> bool:
+    return isinstance(x, Teacher | TeacherSlot)
+
+
+def without_teacher(opt_state):
+    """`opt_state` with its Teacher (if any) replaced by an empty TeacherSlot."""
+    return jax.tree.map(
+        lambda x: TeacherSlot() if isinstance(x, Teacher) else x, opt_state, is_leaf=_is_teacher
+    )
+
+
+def with_teacher(opt_state, teacher: Teacher):
+    """`opt_state` (as `without_teacher` left it) with `teacher` back in its slot."""
+    return jax.tree.map(
+        lambda x: teacher if isinstance(x, TeacherSlot) else x, opt_state, is_leaf=_is_teacher
+    )

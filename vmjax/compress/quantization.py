@@ -100,33 +100,31 @@ def save(path: str, params: Any) -> int:
 
 
 def quantize_run(config: ml_collections.ConfigDict):
-    """(PTQ model, TrainState with quantized params, step, source config) of source_workdir.
+    """(PTQ model, quantized params, model_state, step, the source run) of source_workdir.
 
-    The model is built from the source run's config.json, the evaluation data from `config`.
+    The model is built from the source run's config (vmjax.trained, parameters restored from
+    shapes), the evaluation data from `config`.
     """
-    from vmjax.data import pipeline
-    from vmjax.models import build_model
-    from vmjax.train import state as state_lib
-    from vmjax.train.step import model_inputs
+    from vmjax import trained
 
     c = config.compress
     if not c.source_workdir:
         raise ValueError("config.compress.method='ptq' needs config.compress.source_workdir")
-    source_config, source_dir = state_lib.read_run_config(c.source_workdir)
-    if source_config.data.num_classes != config.data.num_classes:
+    source = trained.load(c.source_workdir)
+    if source.config.data.num_classes != config.data.num_classes:
         raise ValueError(
-            f"{source_dir}/config.json: data.num_classes={source_config.data.num_classes}; "
+            f"{source.run.workdir}: data.num_classes={source.config.data.num_classes}; "
             f"this run evaluates {config.data.num_classes} classes"
         )
-    _, state, step = state_lib.restore_latest(source_config, source_dir)
-    model = build_model(source_config.model, source_config.data.num_classes)  # float, unwrapped
-    inputs = model_inputs(pipeline.config_example_batch(source_config.data))
-    qmodel, qparams = quantize(model, state.params, inputs, c)
-    quantized = state_lib.TrainState(
-        step=state.step,
-        params=qparams,
-        opt_state=None,
-        model_state=state.model_state,
-        rng=state.rng,
-    )
-    return qmodel, quantized, step, source_config
+    inputs = trained.example_inputs(source.config)
+    qmodel, qparams = quantize(source.model, source.params, inputs, c)  # float, unwrapped model
+    return qmodel, qparams, source.model_state, source.step, source
+
+
+def deployed(config: ml_collections.ConfigDict, model, params: Any, example_inputs: dict):
+    """(model, params) of a run as it is evaluated and exported: int8 (PTQ) parameters for
+    'qat' and 'ptq' runs, whose checkpoints hold float ones; the float model otherwise."""
+    method = config.compress.method if "compress" in config else "none"
+    if method not in ("qat", "ptq"):
+        return model, params
+    return quantize(model, params, example_inputs, config.compress)

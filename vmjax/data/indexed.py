@@ -29,9 +29,11 @@ from typing import Any
 import grain
 import numpy as np
 import tensorflow_datasets as tfds
+from google.protobuf import message
 
 from vmjax.data import tfds_yt8m
 from vmjax.data.sharding import check_process, eval_slice, read_options, shuffle_seed
+from vmjax.data.tfrecord import RecordError
 
 Item = tuple[str, int, int, bytes]  # (path, index, byte offset or -1, payload), as decoders take
 # Mixed into the seed hash so these permutations do not coincide with other uses of the seed.
@@ -58,7 +60,19 @@ class Source:
         raw = self._data_source[index]
         payload = tfds_yt8m.unwrap(raw)
         if payload is None:  # not laid out as we write it: let TFDS parse the example
-            payload = self._features.deserialize_example_np(raw)["record"]
+            try:
+                payload = self._features.deserialize_example_np(raw)["record"]
+            except message.DecodeError as e:
+                payload, problem = None, f"cannot parse as a tf.train.Example ({e})"
+            else:
+                problem = "has no 'record' bytes"
+            if not isinstance(payload, bytes):
+                # Not written by convert.py or the builder (each checks every record): a
+                # damaged or foreign dataset, which skipping records would not make right.
+                path, record = self.locate(index)
+                raise RecordError(
+                    path, record, -1, "record", f"{problem}; expected a {tfds_yt8m.NAME} entry"
+                )
         return payload
 
     def locate(self, index: int) -> tuple[str, int]:

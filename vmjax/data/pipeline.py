@@ -204,9 +204,10 @@ def make_collate(spec: BatchSpec, batch_size: int) -> Callable[[Sequence[dict]],
             return batch
         num_frames = np.zeros(batch_size, np.int32)
         num_frames[:n] = [len(ex["rgb"]) for ex in examples]
-        # uint8 frames stay uint8; float-list records (some extractors) make a float batch.
-        is_float = any(ex["rgb"].dtype != np.uint8 for ex in examples)
         for key in ("rgb", "audio"):
+            # uint8 frames stay uint8; float-list frames (some extractors) make that key's batch
+            # float. Each key decides alone: a record may hold uint8 rgb and float audio.
+            is_float = any(ex[key].dtype != np.uint8 for ex in examples)
             dim = examples[0][key].shape[-1]
             out = np.zeros((batch_size, spec.max_frames, dim), np.float32 if is_float else np.uint8)
             for row, ex in enumerate(examples):

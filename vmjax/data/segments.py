@@ -183,9 +183,10 @@ def collate_segments(
         "num_frames": num_frames,
         "mask": np.arange(segment_frames)[None, :] < num_frames[:, None],
     }
-    # As make_collate: uint8 stays uint8; float-list records make a float32 batch.
-    is_float = any(ex["rgb"].dtype != np.uint8 for ex in examples)
+    # As make_collate: uint8 stays uint8; float-list frames make that key's batch float32 (each
+    # key decides alone: a record may hold uint8 rgb and float audio).
     for key in ("rgb", "audio"):
+        is_float = any(ex[key].dtype != np.uint8 for ex in examples)
         dim = examples[0][key].shape[-1]
         out = np.zeros((batch_size, segment_frames, dim), np.float32 if is_float else np.uint8)
         for row, ex in enumerate(examples):

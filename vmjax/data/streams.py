@@ -13,6 +13,7 @@ import grain
 import numpy as np
 
 from vmjax.data import tfrecord
+from vmjax.errors import DataError
 
 
 class InterleavedRecords(grain.IterDataset):
@@ -49,6 +50,23 @@ class InterleavedRecords(grain.IterDataset):
         )
 
 
+class NoRecordsError(DataError):
+    """A repeating stream whose files, read through once, gave no record: it would spin forever."""
+
+    def __init__(self, files: grain.MapDataset, on_error):
+        names = [files[i] for i in range(min(len(files), 3))]
+        more = f" and {len(files) - 3} more" if len(files) > 3 else ""
+        skipped = (
+            f"; data.on_error='skip' skipped {on_error.count} bad record(s)"
+            if on_error is not None and hasattr(on_error, "count")
+            else ""
+        )
+        super().__init__(
+            f"the train files hold no readable record: {', '.join(names)}{more} "
+            f"({len(files)} file(s){skipped}). Check config.data.train_pattern."
+        )
+
+
 class _InterleavedIterator(grain.DatasetIterator):
     def __init__(self, files: grain.MapDataset, cycle_length: int, seed, repeat: bool, on_error):
         super().__init__()
@@ -60,6 +78,7 @@ class _InterleavedIterator(grain.DatasetIterator):
         self._slots: list[dict] = []  # open files: position, path, next index and offset
         self._readers: list = []
         self._turn = 0
+        self._files_without_record = 0  # files ended in a row without yielding a record
 
     def _has_next_file(self) -> bool:
         return self._size > 0 and (self._repeat or self._next_file < self._size)
@@ -103,12 +122,16 @@ class _InterleavedIterator(grain.DatasetIterator):
             try:
                 index, offset, payload = next(reader)
             except StopIteration:  # the file ended: the next file takes its slot
+                self._files_without_record += 1
+                if self._repeat and self._files_without_record > self._size:
+                    raise NoRecordsError(self._files, self._on_error) from None
                 if self._has_next_file():
                     self._slots[self._turn] = self._new_slot()
                     self._readers[self._turn] = self._open(self._slots[self._turn])
                 else:
                     del self._slots[self._turn], self._readers[self._turn]
                 continue
+            self._files_without_record = 0
             slot["index"] = index + 1
             slot["offset"] = offset + len(payload) + 16  # header (8 + 4) and data CRC (4)
             self._turn += 1

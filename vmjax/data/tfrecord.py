@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
@@ -15,14 +16,22 @@ from typing import BinaryIO
 
 import crc32c
 
+from vmjax.errors import DataError
+
 _MASK_DELTA = 0xA282EAD8
 _HEADER = struct.Struct("<QI")  # length, masked CRC of the length
 _CRC = struct.Struct("<I")
 # Buffered reads of this size keep syscalls rare without holding whole shards in memory.
 _READ_BUFFER = 1 << 20
+# The largest record we read; a longer length field is corrupt. The length CRC is only 32 bits
+# (1 in 4 billion garbage headers pass it), and believing a garbage length of up to 2**64 - 1
+# bytes means an OverflowError or a MemoryError (or 16 GB allocated) instead of a RecordError.
+# Real YT8M records are far smaller: a frame-level record is ~1.2 KB per second of video
+# (~350 KB at 300 frames), and even float frames of a 16-hour video stay under this.
+MAX_RECORD_BYTES = 256 << 20
 
 
-class RecordError(ValueError):
+class RecordError(DataError, ValueError):
     """Bad input; the message names file, record index, byte offset and field."""
 
     def __init__(self, path: str, index: int, offset: int, field: str, message: str):
@@ -60,8 +69,9 @@ def read_records(
         names them in errors.
       start_offset: byte offset of a record start to resume from.
       start_index: index reported for the record at `start_offset`.
-      verify_crc: check payload CRCs. The 8-byte length CRC is always checked, as a corrupt
-        length would otherwise make us read (and allocate) garbage.
+      verify_crc: check payload CRCs. The 8-byte length CRC is always checked, and the length
+        must fit in the rest of the file and in MAX_RECORD_BYTES, as a corrupt length would
+        otherwise make us read (and allocate) garbage.
       on_error: None raises RecordError at bad framing. A callable is handed the error and
         reading goes on where it can: past a record whose payload CRC is wrong (its length
         was intact), and not at all past a bad length or a truncation (the file ends there).
@@ -101,6 +111,7 @@ def _read_records(
     index, offset = start_index, start_offset
     source = io.BytesIO(data) if data is not None else open(path, "rb", buffering=_READ_BUFFER)
     with source as f:
+        size = _size(f, data)
         f.seek(start_offset)
         while True:
             header = f.read(_HEADER.size)
@@ -123,15 +134,21 @@ def _read_records(
                     "length_crc",
                     f"stored {length_crc:#010x}, computed {masked_crc32c(header[:8]):#010x}",
                 )
-            payload = f.read(length)
-            if len(payload) < length:
+            if length > MAX_RECORD_BYTES:
                 raise RecordError(
                     path,
                     index,
                     offset,
-                    "data",
-                    f"truncated payload: {len(payload)} of {length} bytes",
+                    "length",
+                    f"length {length} is over the {MAX_RECORD_BYTES} bytes a record may have "
+                    "(tfrecord.MAX_RECORD_BYTES): the length field is corrupt",
                 )
+            left = None if size is None else max(size - offset - _HEADER.size, 0)
+            if left is not None and length > left:  # checked before reading: no allocation
+                raise _truncated_payload(path, index, offset, left, length)
+            payload = f.read(length)
+            if len(payload) < length:
+                raise _truncated_payload(path, index, offset, len(payload), length)
             trailer = f.read(_CRC.size)
             if len(trailer) < _CRC.size:
                 raise RecordError(
@@ -155,6 +172,25 @@ def _read_records(
             yield index, offset, payload
             index += 1
             offset += _HEADER.size + length + _CRC.size
+
+
+def _size(f: BinaryIO, data: bytes | None) -> int | None:
+    """Bytes in the source, None where that is unknown (a pipe, a character device)."""
+    if data is not None:
+        return len(data)
+    info = os.fstat(f.fileno())
+    return info.st_size if stat.S_ISREG(info.st_mode) else None
+
+
+def _truncated_payload(path: str, index: int, offset: int, left: int, length: int) -> RecordError:
+    return RecordError(
+        path,
+        index,
+        offset,
+        "data",
+        f"truncated payload: {left} of {length} bytes (the file ends inside the record, "
+        "or its length field is corrupt)",
+    )
 
 
 class TFRecordWriter:

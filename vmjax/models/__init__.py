@@ -1,4 +1,9 @@
-"""Models: the name -> class tables and `build_model`."""
+"""Models: the name -> class tables and `build_model`.
+
+No paper of its own: each model module's docstring names the paper (and equation, table or
+figure) it implements, and tests/models/ checks a defining property of each against an
+independent computation (here: tests/models/test_classifiers.py, the fields reach the model).
+"""
 
 import dataclasses
 

@@ -7,6 +7,11 @@ a classifier unchanged (vmjax.train.pretrained). Each encoder's embedding is pro
 `embed_dim` and L2-normalised; `infonce_loss(rgb, audio, log_scale)` then asks each video's rgb
 to pick out its own audio among the batch's, and vice versa (no labels involved: what the two
 streams share, such as events seen and heard at the same time, is what the encoders learn).
+
+Sources: audio-visual correspondence as the training signal (Arandjelovic & Zisserman 2017,
+"Look, Listen and Learn", arXiv:1705.08168); the loss is InfoNCE (van den Oord et al. 2018,
+arXiv:1807.03748, eq. 4) made symmetric, with CLIP's learned temperature on unit vectors
+(Radford et al. 2021, arXiv:2103.00020, Fig. 3), as vmjax.models.retrieval.
 """
 
 from __future__ import annotations

@@ -1,4 +1,13 @@
-"""Video classifiers: features dict -> per-class log-odds `[batch, num_classes]`."""
+"""Video classifiers: features dict -> per-class log-odds `[batch, num_classes]`.
+
+Sources: the YouTube-8M starter models (Abu-El-Haija et al. 2016, arXiv:1609.08675, Sec. 4,
+"Baseline approaches": logistic regression, mixture of experts, Deep Bag of Frames, LSTM over
+frames); WILLOW's NetVLAD model (Miech et al. 2017, arXiv:1706.06905); NeXtVLAD (Lin et al.
+2018, arXiv:1811.05014, Sec. 3); CNN + LSTM on pixels (Donahue et al. 2015, LRCN,
+arXiv:1411.4389); ViViT (Arnab et al. 2021, vmjax.models.vivit); MBT fusion (Nagrani et al.
+2021, vmjax.models.fusion). The equations of the layers are in heads.py, pooling.py, rnn.py,
+cnn.py, each next to the code.
+"""
 
 import flax.linen as nn
 import jax
@@ -224,6 +233,8 @@ class ViViTPixels(nn.Module):
     patch_size: tuple[int, int, int]  # tubelet (pt, ph, pw)
     pixel_mean: tuple[float, ...]  # per channel, of [0, 1] pixels
     pixel_std: tuple[float, ...]
+    # Defaulted, so that a run saved before the field existed rebuilds with its tables.
+    posemb_layout: str = "factorised"
 
     @nn.compact
     def __call__(self, inputs: dict[str, jax.Array], *, train: bool) -> jax.Array:

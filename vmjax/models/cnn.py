@@ -1,5 +1,9 @@
 """A ResNet (He et al. 2016) frame encoder for raw pixels: BasicBlocks, GroupNorm or BatchNorm.
 
+Source: "Deep Residual Learning for Image Recognition", arXiv:1512.03385: the building block
+of Fig. 2 (two 3x3 convs, Fig. 5 left), eq. 2 for projection shortcuts, the 18- and 34-layer
+columns of Table 1; GroupNorm is Wu & He 2018 (arXiv:1803.08494, Sec. 3).
+
 `ResNet` maps normalised images `[N, H, W, 3]` to embeddings `[N, D]` by global average pooling,
 `D = width * 2 ** (len(stage_sizes) - 1)`. `FrameResNet` applies it to every frame of pixel
 videos `[B, T, H, W, 3]` (uint8 in [0, 255] or float in [0, 1]) at once and honours a frame mask.

@@ -1,4 +1,11 @@
-"""Per-modality encoders: each maps its inputs to tokens `[B, N, D]` and an embedding `[B, D]`."""
+"""Per-modality encoders: each maps its inputs to tokens `[B, N, D]` and an embedding `[B, D]`.
+
+Sources: the LSTM (Hochreiter & Schmidhuber 1997, with the forget gate of Gers et al. 2000) in
+PyTorch's gate equations (vmjax.models.rnn); a sequence's embedding is the final hidden state
+at its last valid step, as the YouTube-8M starter's LstmModel (Abu-El-Haija et al. 2016,
+arXiv:1609.08675, Sec. 4). tests/models/test_encoders.py checks both against a direct
+computation.
+"""
 
 import einops
 import flax.linen as nn

@@ -1,5 +1,12 @@
 """Fusion of modalities: concat, gated sum, MBT attention bottlenecks, late logit averaging.
 
+Sources: concat and late averaging are early and late fusion (Snoek et al. 2005, "Early versus
+late fusion in semantic video analysis"); the gated sum is a per-modality scalar version of the
+Gated Multimodal Unit (Arevalo et al. 2017, arXiv:1702.01992, Sec. 3: a softmax over M
+modalities instead of a sigmoid between two, no tanh on the projections); BottleneckFusion is
+MBT (Nagrani et al. 2021, arXiv:2107.00135, Sec. 3.2, eqs. 8-9; see its docstring for how it
+differs from the paper and from Scenic's projects/mbt/model.py).
+
 Modalities are dicts keyed by name (e.g. 'rgb', 'audio'); every module visits them in sorted-key
 order, the order jax uses for dict pytrees, so parameters and gates line up however the dict
 was built.
@@ -84,6 +91,31 @@ class BottleneckFusion(nn.Module):
     num_layers - 1 the last layer reads the learned initial bottlenecks and its averaged update is
     discarded, which is late fusion plus extra tokens. Returns `{m: [B, D]}`, each modality's
     final CLS token after a LayerNorm; average them (or their logits) for one prediction.
+
+    Checked against the paper and Scenic's MBT (projects/mbt/model.py):
+      Same: the fusion layer (L_f: layers below it are per-modality, the ones from it on share
+        bottlenecks; 0 = every layer, num_layers = late fusion); B = 4 bottleneck tokens by
+        default, learned, N(0, 0.02), with no positional embedding; the shared bottleneck is
+        the plain mean of the modalities' updates (eq. 9); separate weights per modality.
+      Differs:
+      - Weights are always separate: no option to share the per-modality blocks (Scenic's
+        share_encoder), and no dense cross-modal attention mode (the paper's vanilla fusion).
+      - One final LayerNorm per modality, on its CLS token; Scenic has one LayerNorm shared by
+        all modalities' tokens (2 * D * (M - 1) fewer parameters).
+      - Positional embeddings cover a modality's tokens, not its CLS token (Scenic adds one
+        there too, which only re-parameterises the learned CLS).
+      - Exactly num_bottlenecks tokens; Scenic adds one more when it pools by CLS tokens.
+      - Bottlenecks are always used; Scenic can drop them at test time (test_with_bottlenecks).
+      - Inputs are already-encoded tokens of any length with a padding mask (here ViViT frame
+        tokens and LSTM outputs, see classifiers.fuse), not ViT patches of frames and
+        spectrograms from one ImageNet-initialised ViT-B; the paper's model has no masks.
+      - The paper classifies each modality's CLS with one shared linear head and averages the
+        logits; classifiers.fuse averages the CLS embeddings before the head, which is the same
+        for the logistic head and not for the MoE head. No stochastic depth (Scenic's
+        droplayer).
+    tests/models/test_fusion.py checks the defining property by gradients: no modality's
+    tokens depend on another's input before the fusion layer, they do after it, and only
+    through the bottleneck rows.
     """
 
     num_layers: int

@@ -1,4 +1,10 @@
-"""Classification heads mapping a feature vector to per-class log-odds."""
+"""Classification heads mapping a feature vector to per-class log-odds.
+
+Sources: the mixture of experts is the YouTube-8M starter's MoeModel (Abu-El-Haija et al. 2016,
+arXiv:1609.08675, Sec. 4, "Mixture of Experts": softmax gates over sigmoid experts, after
+Jordan & Jacobs 1994), written out in MoEHead's docstring; context gating is Miech et al. 2017
+("Learnable pooling with Context Gating", arXiv:1706.06905, Sec. "Context Gating").
+"""
 
 import einops
 import flax.linen as nn

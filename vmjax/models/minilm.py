@@ -5,6 +5,10 @@ The encoder is BERT (Devlin et al. 2019) with post-LayerNorm residual blocks:
     a   = LN(x + W_o softmax(Q K^T / sqrt(d_head) + mask) V)
     x'  = LN(a + W_2 gelu(W_1 a + b_1) + b_2)          (gelu with erf, as HF "gelu")
 followed by sentence-transformers' Pooling (masked mean by default) and Normalize (x / ||x||).
+Sources: BERT (Devlin et al. 2019, arXiv:1810.04805, Sec. 3 and Fig. 2 for the embeddings);
+the transformer block of Vaswani et al. 2017 (arXiv:1706.03762, eq. 1 and Sec. 3.1's
+post-LayerNorm residuals); MiniLM's distilled 6-layer weights (Wang et al. 2020,
+arXiv:2002.10957); Sentence-BERT's pooling (Reimers & Gurevych 2019, arXiv:1908.10084, Sec. 3).
 
 `load_sentence_transformer(folder)` reads a sentence-transformers folder (model.safetensors,
 config.json, tokenizer.json, modules.json, 1_Pooling/config.json, sentence_bert_config.json)

@@ -1,4 +1,12 @@
-"""Pooling of frame features over time, respecting the padding mask."""
+"""Pooling of frame features over time, respecting the padding mask.
+
+Sources: Deep Bag of Frames (Abu-El-Haija et al. 2016, arXiv:1609.08675, Sec. 4, as the
+starter code has it); NetVLAD (Arandjelovic et al. 2016, arXiv:1511.07247, eqs. 1-4) as in
+WILLOW's YouTube-8M entry (Miech et al. 2017, arXiv:1706.06905); NeXtVLAD (Lin et al. 2018,
+arXiv:1811.05014, Sec. 3.2); attention pooling is the additive attention of Yang et al. 2016
+(Hierarchical Attention Networks, NAACL, eqs. 5-7) with Lin et al. 2017's several heads
+(A Structured Self-Attentive Sentence Embedding, arXiv:1703.03130, eq. 6).
+"""
 
 import einops
 import flax.linen as nn

@@ -4,10 +4,14 @@ The video tower encodes rgb and audio frames with the encoders the `Multimodal` 
 (a ViViT over rgb frames, an LSTM over audio frames) and fuses them with one of its fusion
 modules; the text tower is the classifier's LSTM `TextEncoder` or, with text_tower='minilm', a
 pretrained MiniLM sentence encoder (vmjax.models.minilm; its params come from a checkpoint, see
-vmjax.train.contrastive), frozen or fine-tuned. Each tower ends in a linear
+vmjax.train.retrieval), frozen or fine-tuned. Each tower ends in a linear
 projection to `embed_dim` and L2 normalisation, so a dot product is a cosine similarity. A
 learned temperature multiplies the similarities before the softmax: `log_scale` starts at
 log(1 / 0.07) and the scale is clipped at 100 (CLIP, Radford et al. 2021).
+
+Sources: CLIP (Radford et al. 2021, arXiv:2103.00020, Fig. 3: the symmetric cross-entropy
+over the similarity matrix, Sec. 2.5: the temperature); InfoNCE (van den Oord et al. 2018,
+arXiv:1807.03748, eq. 4), each direction of the symmetric loss.
 """
 
 from __future__ import annotations

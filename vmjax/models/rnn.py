@@ -1,5 +1,10 @@
 """LSTM and GRU cells written from their gate equations, and a masked multi-layer runner.
 
+Sources: the LSTM (Hochreiter & Schmidhuber 1997) with a forget gate (Gers et al. 2000) and the
+GRU (Cho et al. 2014, arXiv:1406.1078, eqs. 5-8), both in the form PyTorch documents for
+torch.nn.LSTM and torch.nn.GRU (the GRU's reset gate multiplies W_hn h + b_hn, after the
+matmul), which the cells' docstrings write out and tests/models/test_rnn.py checks in numpy.
+
 Each cell keeps its weights in a layout that lets the runner hoist the input projection out of
 the time loop: `input_kernel: [in, G * H]` (gate blocks side by side, in PyTorch's gate order),
 an input bias, and `recurrent_kernel: [H, G * H]`. `RNN` multiplies all frames by

@@ -1,4 +1,10 @@
-"""Pre-LayerNorm ViT encoder pieces with a boolean key mask for padded tokens."""
+"""Pre-LayerNorm ViT encoder pieces with a boolean key mask for padded tokens.
+
+Sources: scaled dot-product and multi-head attention (Vaswani et al. 2017, arXiv:1706.03762,
+eq. 1 and Sec. 3.2.2); the pre-LayerNorm block and final LayerNorm of ViT (Dosovitskiy et al.
+2021, arXiv:2010.11929, eqs. 2-4) with its reference code's initialisers (Xavier-uniform
+kernels, near-zero MLP biases).
+"""
 
 from collections.abc import Callable
 

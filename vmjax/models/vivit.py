@@ -1,8 +1,48 @@
 """ViViT (Arnab et al. 2021): tubelet / frame-feature embeddings and the paper's four encoders.
 
+Source: "ViViT: A Video Vision Transformer", arXiv:2103.15691: tubelet embedding (Sec. 3.2),
+Models 1-4 (Sec. 3.3), positional embeddings (Sec. 3.4), parameter counts (Table 2).
+
 Tokens are `[batch, time, space, dim]` throughout (`nt` time indices, `ns` tokens per index), so
 every variant can honour a temporal mask `[batch, nt]`: padded time steps are never attended to
-by valid tokens and are left out of mean pooling.
+by valid tokens and are left out of mean pooling (the paper has no masks).
+
+Checked against Table 2 and Scenic's projects/vivit/model.py at the K400 setup (ViViT-B,
+tubelets 2x16x16, 32 frames of 224x224, a linear 400-class head; tests/models/test_vivit.py
+counts each model from shapes):
+  Model  paper    before   now (configs/vivit_k400.py)
+  1      88.9M    86.7M    88,953,232
+  2      115.1M   115.1M   115,061,392
+  3      117.3M   115.1M   117,319,312
+  4      88.9M    86.7M    88,952,464
+Fixed:
+- Positional embeddings. Models 1, 3 and 4 added a time table plus a space table, nt + ns =
+  212 rows; the paper (Sec. 3.4: ViT's table repeated over time) and Scenic (one learned
+  embedding per token of the sequence) have one row per token, nt * ns = 3,136 (2.25M more
+  parameters at D = 768). This was the whole gap of Models 1, 3 and 4. posemb_layout='auto'
+  picks the paper's tables (joint for Models 1, 3, 4; a space table per frame and a time
+  table for Model 2, which already matched); configs/vivit_k400.py sets it. The module
+  default stays 'factorised', so runs saved before the field and the frame-feature configs
+  keep their parameters.
+- Pooling. Models 3 and 4 have no CLS token (nor does Scenic's: it asserts 'gap'), so the
+  former default pooling='cls' made selecting them alone fail. pooling='auto' (the default)
+  picks CLS for Models 1 and 2 and the token mean for 3 and 4; an explicit 'cls' there is a
+  ValueError naming config.model.pooling and config.model.variant.
+Already as the paper: Model 3's temporal attention has its own LayerNorm (its 12 extra
+attentions and LayerNorms are the 2.36M between Models 1 and 3); Model 4 has Model 1's weights
+(its heads split, half over space, half over time); each encoder ends in a LayerNorm; Model 2
+has 4 temporal layers and CLS tokens in both encoders.
+Left as is (no effect on the counts beyond 0.1%, or not the model's shape):
+- CLS tokens carry no positional embedding; Scenic adds one at the CLS position too (768
+  parameters per table), which only re-parameterises the learned CLS.
+- Model 4 gives the first half of the heads to space; Scenic gives it to time. Heads are
+  interchangeable, so the function class is the same.
+- Model 3 attends over space, then time, as the paper's description; Scenic's block takes
+  the order from its config (attention_order).
+- Initialisation: the paper starts from ImageNet-21k ViT (positional embeddings repeated over
+  time, 'central frame' tubelet kernels) and Scenic zero-inits the head; we train from
+  ViT-style random init (posemb_init 'sincos' is our addition for frame features). No
+  stochastic depth (Scenic's droplayer, one of the paper's regularisers).
 """
 
 import einops
@@ -24,8 +64,14 @@ VARIANTS = (
     "factorised_self_attention",  # Model 3
     "factorised_dot_product",  # Model 4
 )
-POOLINGS = ("cls", "mean")
+# 'auto': the CLS token where the variant has one (Models 1, 2), else the token mean (3, 4).
+POOLINGS = ("auto", "cls", "mean")
 POSEMB_INITS = ("normal", "sincos")
+# factorised: a time table plus a space table; joint: one table over all nt*ns tokens (as the
+# ViViT and VideoMAE checkpoints of Hugging Face transformers store it).
+# auto: the paper's (Sec. 3.4): joint for Models 1, 3 and 4, factorised for Model 2, whose
+# spatial and temporal encoders each have their own table.
+POSEMB_LAYOUTS = ("factorised", "joint", "auto")
 # Models 3 and 4 mix tokens along the time and space axes of a [nt, ns] grid; a CLS token has no
 # place on that grid, so (as in the paper) they pool by the mean.
 _NO_CLS_VARIANTS = ("factorised_self_attention", "factorised_dot_product")
@@ -228,11 +274,16 @@ class ViViT(nn.Module):
         temporal encoder of `num_temporal_layers` over the nt frame vectors (+ temporal CLS).
       factorised_self_attention: blocks of spatial MSA, temporal MSA, MLP; mean pooling only.
       factorised_dot_product: blocks whose heads split half spatial, half temporal; mean only.
-    `num_layers` counts all blocks, or the spatial encoder's for factorised_encoder. Positional
-    embeddings are learned and factorised: one per time index plus one per spatial index, sized
-    by the tokens seen at init, so later inputs keep that nt and ns (pad and mask shorter ones).
+    `num_layers` counts all blocks, or the spatial encoder's for factorised_encoder.
+    pooling: 'auto' (CLS where the variant has one, else the mean), 'cls' or 'mean'.
+    Positional embeddings are learned, sized by the tokens seen at init, so later inputs keep
+    that nt and ns (pad and mask shorter ones); by default factorised: one per time index plus
+    one per spatial index.
     posemb_init: 'normal' (ViT's N(0, 0.02), the paper's) or 'sincos' (sinusoidal initial
     values, still learned: order is visible from the first step, which frame features need).
+    posemb_layout 'joint' replaces the two tables by one `[1, nt*ns, D]` table (not for
+    factorised_encoder, whose encoders add space and time positions at different places);
+    'auto' is the paper's: joint, or factorised for factorised_encoder.
     With `return_tokens=True` also returns the final tokens: `[B, nt, ns, D]`, or the temporal
     encoder's frame tokens `[B, nt, 1, D]` for factorised_encoder.
     """
@@ -243,10 +294,23 @@ class ViViT(nn.Module):
     num_heads: int
     mlp_dim: int
     num_temporal_layers: int = 0
-    pooling: str = "cls"
+    pooling: str = "auto"
     dropout: float = 0.0
     attention_dropout: float = 0.0
     posemb_init: str = "normal"
+    posemb_layout: str = "factorised"
+
+    def _pooling(self) -> str:
+        """`pooling` with 'auto' resolved: 'cls' where the variant has a CLS token, else 'mean'."""
+        if self.pooling != "auto":
+            return self.pooling
+        return "mean" if self.variant in _NO_CLS_VARIANTS else "cls"
+
+    def _posemb_layout(self) -> str:
+        """`posemb_layout` with 'auto' resolved to the paper's table(s) for the variant."""
+        if self.posemb_layout != "auto":
+            return self.posemb_layout
+        return "factorised" if self.variant == "factorised_encoder" else "joint"
 
     def _check(self, tokens: jax.Array) -> None:
         if self.variant not in VARIANTS:
@@ -259,12 +323,22 @@ class ViViT(nn.Module):
             )
         if self.pooling == "cls" and self.variant in _NO_CLS_VARIANTS:
             raise ValueError(
-                f"ViViT variant={self.variant!r} has no CLS token (as in the paper); set "
-                "pooling='mean'"
+                f"ViViT variant={self.variant!r} has no CLS token (as in the paper), so "
+                "pooling='cls' is impossible: set config.model.pooling (config.model.vivit.pooling "
+                "for frame features) to pooling='auto' or pooling='mean', or choose a "
+                "config.model.variant with one: spatio_temporal, factorised_encoder"
             )
         if self.posemb_init not in POSEMB_INITS:
             raise ValueError(
                 f"ViViT posemb_init={self.posemb_init!r} is unknown; expected one of {POSEMB_INITS}"
+            )
+        if self.posemb_layout not in POSEMB_LAYOUTS or (
+            self._posemb_layout() == "joint" and self.variant == "factorised_encoder"
+        ):
+            raise ValueError(
+                f"ViViT posemb_layout={self.posemb_layout!r} is unknown or unsupported for "
+                f"variant={self.variant!r}; expected one of {POSEMB_LAYOUTS} ('factorised' only "
+                "for factorised_encoder)"
             )
         if self.variant == "factorised_encoder" and self.num_temporal_layers < 1:
             raise ValueError(
@@ -293,15 +367,21 @@ class ViViT(nn.Module):
         # Zero padded tokens so inf/NaN padding cannot reach even masked-out arithmetic.
         tokens = jnp.where(mask[:, :, None, None], tokens, 0)
         posemb_init = sincos_init if self.posemb_init == "sincos" else _POSEMB_INIT
-        pos_time = self.param("pos_embedding_time", posemb_init, (1, nt, 1, d))
-        pos_space = self.param("pos_embedding_space", posemb_init, (1, 1, ns, d))
+        if self._posemb_layout() == "joint":
+            pos = self.param("pos_embedding", posemb_init, (1, nt * ns, d))
+            positions = [einops.rearrange(pos, "1 (t s) d -> 1 t s d", t=nt)]
+        else:
+            pos_time = self.param("pos_embedding_time", posemb_init, (1, nt, 1, d))
+            pos_space = self.param("pos_embedding_space", posemb_init, (1, 1, ns, d))
+            # Added one by one (tokens + time + space), the float sums of the original layout.
+            positions = [pos_time, pos_space]
         encoder_kwargs = dict(
             num_heads=self.num_heads,
             mlp_dim=self.mlp_dim,
             dropout=self.dropout,
             attention_dropout=self.attention_dropout,
         )
-        use_cls = self.pooling == "cls"
+        use_cls = self._pooling() == "cls"
 
         if self.variant == "factorised_encoder":
             x = nn.Dropout(self.dropout)(tokens + pos_space, deterministic=not train)
@@ -325,7 +405,7 @@ class ViViT(nn.Module):
             out_tokens = einops.rearrange(x[:, 1:] if use_cls else x, "b t d -> b t 1 d")
 
         elif self.variant == "spatio_temporal":
-            x = nn.Dropout(self.dropout)(tokens + pos_time + pos_space, deterministic=not train)
+            x = nn.Dropout(self.dropout)(sum(positions, tokens), deterministic=not train)
             x = einops.rearrange(x, "b t s d -> b (t s) d")
             token_mask = einops.repeat(mask, "b t -> b (t s)", s=ns)
             key_mask = token_mask
@@ -341,7 +421,7 @@ class ViViT(nn.Module):
                 "factorised_self_attention": FactorisedSelfAttentionBlock,
                 "factorised_dot_product": FactorisedDotProductBlock,
             }[self.variant]
-            x = nn.Dropout(self.dropout)(tokens + pos_time + pos_space, deterministic=not train)
+            x = nn.Dropout(self.dropout)(sum(positions, tokens), deterministic=not train)
             for i in range(self.num_layers):
                 x = block(name=f"block_{i}", **encoder_kwargs)(x, mask, train=train)
             out_tokens = nn.LayerNorm(name="ln_final")(x)
@@ -366,10 +446,11 @@ class ViViTEncoder(nn.Module):
     num_heads: int
     mlp_dim: int
     num_temporal_layers: int = 0
-    pooling: str = "cls"
+    pooling: str = "auto"
     dropout: float = 0.0
     attention_dropout: float = 0.0
     posemb_init: str = "normal"
+    posemb_layout: str = "factorised"
     patch_size: tuple[int, int, int] = (2, 16, 16)  # (pt, ph, pw), pixels only
     tokens_per_frame: int = 1  # frame features only
 
@@ -408,5 +489,6 @@ class ViViTEncoder(nn.Module):
             dropout=self.dropout,
             attention_dropout=self.attention_dropout,
             posemb_init=self.posemb_init,
+            posemb_layout=self.posemb_layout,
             name="vivit",
         )(tokens, mask, train=train, return_tokens=return_tokens)

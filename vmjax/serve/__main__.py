@@ -1,6 +1,6 @@
-"""python -m vmjax.serve --model model.bin --port 8000 (see vmjax.serve.app.main)."""
+"""python -m vmjax.serve --model model.bin --port 8000 (see vmjax.serve.cli.main)."""
 
-from vmjax.serve.app import main
+from vmjax.serve.cli import main
 
 if __name__ == "__main__":
     main()

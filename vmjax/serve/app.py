@@ -1,31 +1,45 @@
-"""The HTTP server: FastAPI routes over one loaded model, its vocabulary and the batcher."""
+"""The HTTP server: FastAPI routes over one loaded model, its vocabulary and the batcher.
+
+A POST /predict passes, in order: the token (auth.py, before any route), the Content-Type and
+Content-Length checks, admission (limits.py: 503 when full), reading the body on the event loop
+(408 past --body_timeout_s, 413 past --max_body_bytes), parsing it in a worker thread
+(inputs.py, jsonbody.py), the batcher's queue and model call (batcher.py), and ranking the
+scores in a worker thread; all after the body under --request_timeout_s (503).
+"""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import csv
+import dataclasses
 import logging
 import os
-import sys
 import threading
 import time
-from collections.abc import Sequence
 
 import numpy as np
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from vmjax import export as export_lib
+from vmjax.serve.auth import BearerToken
 from vmjax.serve.batcher import Batcher, bucket_sizes
-from vmjax.serve.inputs import InputSpec, RequestError, parse_json, parse_tfrecords
+from vmjax.serve.errors import CLOSE, RETRY, RETRY_AFTER_S, RequestError
+from vmjax.serve.inputs import InputSpec, Videos, parse_tfrecords
+from vmjax.serve.jsonbody import parse_json
+from vmjax.serve.limits import Admission, Limits
 
 TFRECORD_TYPES = ("application/octet-stream", "application/x-tfrecord")
 JSON_TYPES = ("application/json",)
 BUNDLED_VOCABULARY = "vmjax/data/assets/yt8m_vocabulary.csv (YouTube-8M 2018)"
+# Parsing and ranking hold the GIL most of the time: more threads would not parse faster,
+# and a few keep one large body from making every small one wait.
+PARSE_THREADS = 4
 
 log = logging.getLogger("vmjax.serve")
 
@@ -76,11 +90,11 @@ class Service:
         top_k: int = 20,
         max_batch: int = 64,
         max_wait_ms: float = 5.0,
-        max_body_bytes: int = 64 << 20,
+        limits: Limits | None = None,
         warm_up: bool = True,
     ):
-        if top_k < 1 or max_body_bytes < 1:
-            raise ValueError(f"top_k={top_k} and max_body_bytes={max_body_bytes} must be >= 1")
+        if top_k < 1:
+            raise ValueError(f"top_k={top_k} must be >= 1")
         self.model_path = model
         self.predict = export_lib.load(model)
         self.header = self.predict.header
@@ -91,7 +105,9 @@ class Service:
         else:
             self.names, self.vocabulary = default_class_names(c)
         self.top_k = min(top_k, c)
-        self.max_body_bytes = max_body_bytes
+        self.limits = limits = limits or Limits()
+        self.admission = Admission(limits)
+        self.pool: concurrent.futures.ThreadPoolExecutor | None = None
         if self.spec.batch_size is not None and max_batch > self.spec.batch_size:
             log.warning(
                 "%s was exported for batch size %d: max_batch %d -> %d",
@@ -114,6 +130,17 @@ class Service:
         self._counts: collections.Counter = collections.Counter()
         self._started = time.time()
 
+    def start(self) -> None:
+        """Starts the batcher's worker and the parse threads (the app's lifespan calls it)."""
+        self.pool = concurrent.futures.ThreadPoolExecutor(PARSE_THREADS, "vmjax-serve-parse")
+        self.batcher.start()
+
+    def close(self) -> None:
+        self.batcher.close()
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+
     def count(self, **increments: int) -> None:
         with self._lock:
             self._counts.update(increments)
@@ -133,6 +160,7 @@ class Service:
             "max_batch": self.batcher.max_batch,
             "max_wait_ms": self.batcher.max_wait_s * 1e3,
             "batch_sizes": self.batcher.sizes,
+            "limits": dataclasses.asdict(self.limits),
         }
 
     def stats(self) -> dict:
@@ -147,6 +175,8 @@ class Service:
             "ok_requests": counts.get("ok", 0),
             "error_requests": errors,
             "videos": counts.get("videos", 0),
+            "active_requests": self.admission.requests,
+            "active_body_bytes": self.admission.bytes,
             **self.batcher.stats(),
         }
 
@@ -162,39 +192,68 @@ class Service:
         return out
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message, "status": status}, status_code=status)
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+def _content_length(request: Request) -> int | None:
     length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise RequestError(413, f"body of {int(length)} bytes is over the limit of {limit} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise RequestError(413, f"body is over the limit of {limit} bytes (--max_body_bytes)")
-    return bytes(body)
+    return int(length) if length is not None and length.isdigit() else None
 
 
-def create_app(service: Service) -> FastAPI:
-    """The FastAPI app; its lifespan starts the batcher's worker and stops it at shutdown."""
+async def _read_body(request: Request, limits: Limits) -> bytes:
+    """The body, read on the event loop; 413 past max_body_bytes, 408 past body_timeout_s."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(limits.body_timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limits.max_body_bytes:
+                    message = f"body is over the limit of {limits.max_body_bytes} bytes"
+                    raise RequestError(413, f"{message} (--max_body_bytes)", CLOSE)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestError(
+            408,
+            f"the body did not arrive within {limits.body_timeout_s:g} s (--body_timeout_s); "
+            f"{size} bytes came",
+            CLOSE,
+        ) from None
+    except ClientDisconnect:
+        # Nobody reads this answer; the status keeps /stats from counting it as a server error.
+        raise RequestError(400, "the client went away before sending its whole body") from None
+    return b"".join(chunks)
+
+
+def create_app(service: Service, token: str | None = None) -> FastAPI:
+    """The FastAPI app; its lifespan starts the batcher's worker and stops it at shutdown.
+
+    token: when set, every route but /healthz needs `Authorization: Bearer <token>`.
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
-        service.batcher.start()
+        service.start()
         try:
             yield
         finally:
-            service.batcher.close()
+            service.close()
 
     app = FastAPI(title="vmjax model server", lifespan=lifespan)
+    if token is not None:
+        app.add_middleware(BearerToken, token=token, on_reject=lambda: service.count(status_401=1))
 
     @app.exception_handler(RequestError)
     async def request_error(_request: Request, e: RequestError) -> JSONResponse:
         service.count(**{f"status_{e.status}": 1})
-        return _error(e.status, e.message)
+        return _error(e.status, e.message, e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, e: RequestValidationError) -> JSONResponse:
+        service.count(status_422=1)  # e.g. ?top_k=abc: the same body shape as every error
+        where = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+        return _error(422, where)
 
     @app.get("/healthz")
     async def healthz() -> dict:
@@ -233,110 +292,65 @@ def create_app(service: Service) -> FastAPI:
                 f"Content-Type {content_type or '(none)'!r} is not supported; send TFRecord bytes "
                 f"as {' or '.join(TFRECORD_TYPES)}, or JSON features as application/json",
             )
-        body = await _read_body(request, service.max_body_bytes)
-        if not body:
-            raise RequestError(400, "empty body: expected TFRecord bytes or JSON features")
-        videos = await run_in_threadpool(parse, body, service.spec)
-        futures = service.batcher.submit(videos.rows)
-        parts = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+        limits = service.limits
+        length = _content_length(request)
+        if length is not None and length > limits.max_body_bytes:
+            raise RequestError(
+                413,
+                f"body of {length} bytes is over the limit of {limits.max_body_bytes} bytes",
+                CLOSE,
+            )
+        # A chunked body's size is unknown until read: it may take the largest allowed.
+        reserved = limits.max_body_bytes if length is None else length
+        if not service.admission.enter(reserved):
+            a = service.admission
+            raise RequestError(
+                503,
+                f"busy: {a.requests} requests with {a.bytes} bytes of body are being served "
+                f"(--max_concurrent {limits.max_concurrent}, --max_inflight_bytes "
+                f"{limits.max_inflight_bytes}); retry after {RETRY_AFTER_S} s",
+                {**RETRY, **CLOSE},
+            )
+        try:
+            body = await _read_body(request, limits)
+            if not body:
+                raise RequestError(400, "empty body: expected TFRecord bytes or JSON features")
+            loop = asyncio.get_running_loop()
+            deadline = time.monotonic() + limits.request_timeout_s  # for the parse thread
+            try:
+                async with asyncio.timeout(limits.request_timeout_s):
+                    # A worker thread, not the event loop: other requests go on meanwhile.
+                    videos = await loop.run_in_executor(
+                        service.pool, parse, body, service.spec, deadline
+                    )
+                    del body  # the rows hold what the request needs while it waits
+                    return await _score(videos, k)
+            except TimeoutError:
+                raise RequestError(
+                    503,
+                    f"the request took longer than {limits.request_timeout_s:g} s "
+                    f"(--request_timeout_s); retry after {RETRY_AFTER_S} s",
+                    RETRY,
+                ) from None
+        finally:
+            service.admission.leave(reserved)
+
+    async def _score(videos: Videos, k: int) -> JSONResponse:
+        # On a timeout, gather's cancellation reaches the batcher's futures: chunks not yet
+        # taken into a batch are dropped.
+        parts = await asyncio.gather(
+            *(asyncio.wrap_future(f) for f in service.batcher.submit(videos.rows))
+        )
         scores = np.concatenate(parts)
         if not np.isfinite(scores).all():
             bad = int(np.argmax(~np.isfinite(scores).all(axis=1)))
             service.count(status_500=1)
             return _error(500, f"the model returned non-finite scores for video {bad}")
         # Off the event loop: sorting a big request's scores would stall every other request.
-        predictions = await run_in_threadpool(service.predictions, videos.ids, scores, k)
+        predictions = await asyncio.get_running_loop().run_in_executor(
+            service.pool, service.predictions, videos.ids, scores, k
+        )
         service.count(ok=1, videos=len(videos))
         return JSONResponse({"predictions": predictions})
 
     return app
-
-
-EXAMPLE = """example:
-  python -m vmjax.main --config configs/yt8m.py:smoke --workdir /tmp/run
-  python -m vmjax.export --workdir /tmp/run --out /tmp/model.bin
-  python -m vmjax.serve --model /tmp/model.bin --port 8000
-  curl -s --data-binary @validate00.tfrecord -H 'Content-Type: application/x-tfrecord' \\
-      'localhost:8000/predict?top_k=5'
-  curl -s localhost:8000/healthz; curl -s localhost:8000/stats
-
-See docs/serving.md for the request and response formats and the error table."""
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m vmjax.serve",
-        description="Serve an exported vmjax model (vmjax.export's model.bin) over HTTP: "
-        "POST /predict with YT8M TFRecords or JSON features returns each video's top classes; "
-        "concurrent requests are batched dynamically.",
-        epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--model", required=True, help="the exported model file (model.bin)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (%(default)s)")
-    parser.add_argument("--port", type=int, default=8000, help="port to listen on (%(default)s)")
-    parser.add_argument(
-        "--vocabulary",
-        default=None,
-        help="CSV with Index and Name columns for class names (default: the bundled YouTube-8M "
-        "2018 vocabulary for a 3862-class model, else no names)",
-    )
-    parser.add_argument(
-        "--top_k", type=int, default=20, help="classes returned per video (%(default)s)"
-    )
-    parser.add_argument(
-        "--max_batch",
-        type=int,
-        default=64,
-        help="most videos in one model call; 1 turns batching off (%(default)s)",
-    )
-    parser.add_argument(
-        "--max_wait_ms",
-        type=float,
-        default=5.0,
-        help="how long the first queued video waits for others to batch with; 0 runs each "
-        "request on its own (%(default)s)",
-    )
-    parser.add_argument(
-        "--max_body_bytes",
-        type=int,
-        default=64 << 20,
-        help="larger request bodies get 413 (%(default)s)",
-    )
-    parser.add_argument("--log_level", default="info", help="uvicorn log level (%(default)s)")
-    parser.add_argument("--access_log", action="store_true", help="log every request")
-    args = parser.parse_args(argv)
-
-    import uvicorn
-
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s: %(message)s")
-    try:
-        service = Service(
-            args.model,
-            vocabulary=args.vocabulary,
-            top_k=args.top_k,
-            max_batch=args.max_batch,
-            max_wait_ms=args.max_wait_ms,
-            max_body_bytes=args.max_body_bytes,
-        )
-    except (ValueError, OSError) as e:  # ExportError is a ValueError
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    h = service.health()
-    log.info(
-        "Serving %s (%s, %s-level, %d classes; batch sizes %s) on http://%s:%d",
-        args.model,
-        h["model"],
-        h["input_kind"],
-        h["num_classes"],
-        h["batch_sizes"],
-        args.host,
-        args.port,
-    )
-    uvicorn.run(
-        create_app(service),
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        access_log=args.access_log,
-    )

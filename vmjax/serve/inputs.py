@@ -1,35 +1,24 @@
-"""Request bodies -> model input rows: YT8M TFRecords or JSON features, as the pipeline makes them.
+"""Request bodies -> model input rows, as the pipeline makes them: the input spec and TFRecords.
 
 Records are framed and CRC-checked by vmjax.data.tfrecord, decoded by vmjax.data.yt8m, cut to
 the first max_frames frames (the evaluation reader's choice) and padded by the pipeline's own
 collate (vmjax.data.pipeline), so the server feeds the model exactly what evaluation did.
+JSON bodies are read by jsonbody.py into the same examples and go through the same collate.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
+import time
 from typing import Any
 
 import numpy as np
 
 from vmjax import export as export_lib
 from vmjax.data import pipeline, tfrecord, yt8m
+from vmjax.serve.errors import RequestError, past_deadline
 
-# A JSON video's keys: features, an optional id, and `quantized` (frames given as uint8 levels).
-_JSON_KEYS = ("rgb", "audio", "id", "quantized", "text_tokens")
-_DIMS = {"rgb": yt8m.RGB_DIM, "audio": yt8m.AUDIO_DIM}
-# Bodies are spooled to a file for tfrecord.read_records; tmpfs keeps that in memory.
-
-
-class RequestError(ValueError):
-    """A bad request: `status` is the HTTP status to answer with, the message says what is wrong."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
+__all__ = ["InputSpec", "RequestError", "Videos", "collate", "frames_as", "parse_tfrecords"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,11 +78,16 @@ class InputSpec:
 
 
 def _text_vocab_size(header: dict) -> int:
-    """The run's text vocabulary size (from its config.json, when still there) for token checks."""
+    """The run's text vocabulary size for token checks: the export header's (files exported
+    before it held one: from the run directory, when still there; else no check)."""
+    if header.get("text_vocab_size"):
+        return int(header["text_vocab_size"])
+    from vmjax import run as run_lib
+    from vmjax.errors import RunDirectoryError
+
     try:
-        with open(os.path.join(header["workdir"], "config.json")) as f:
-            return int(json.load(f)["config"]["data"]["text_vocab_size"])
-    except (OSError, KeyError, TypeError, ValueError):
+        return int(run_lib.Run.open(header["workdir"]).config.data.text_vocab_size)
+    except (RunDirectoryError, KeyError, AttributeError, TypeError, ValueError):
         return 2**31 - 1
 
 
@@ -108,20 +102,25 @@ class Videos:
         return len(self.ids)
 
 
-def parse_tfrecords(body: bytes, spec: InputSpec) -> Videos:
-    """Videos from TFRecord bytes of SequenceExamples (frame-level) or Examples (video-level)."""
+def parse_tfrecords(body: bytes, spec: InputSpec, deadline: float | None = None) -> Videos:
+    """Videos from TFRecord bytes of SequenceExamples (frame-level) or Examples (video-level).
+
+    deadline: a time.monotonic() after which decoding stops (the request was answered 503).
+    """
     try:
         records = list(tfrecord.read_records("<request body>", data=body))
     except tfrecord.RecordError as e:
         raise RequestError(400, f"TFRecord body: {_where(e)}: {e.message}") from None
     examples = []
     for index, offset, payload in records:
+        if deadline is not None and time.monotonic() > deadline:
+            raise past_deadline("decoding records")
         try:
             examples.append(_decode(payload, index, offset, spec))
         except tfrecord.RecordError as e:
             message = f"TFRecord body: {_where(e)}: {e.message}{_hint(e, spec)}"
             raise RequestError(422, message) from None
-    return _collate(examples, [ex["id"] for ex in examples], spec)
+    return collate(examples, [ex["id"] for ex in examples], spec)
 
 
 def _where(e: tfrecord.RecordError) -> str:
@@ -152,7 +151,7 @@ def _decode(payload: bytes, index: int, offset: int, spec: InputSpec) -> dict[st
     else:
         ex = yt8m.decode_frame_example(payload, **where, segments=False)
         keep = pipeline.sample_frames(len(ex["rgb"]), spec.max_frames, "first")
-        out = {key: _frames_as(ex[key][keep], spec.inputs[key][1]) for key in ("rgb", "audio")}
+        out = {key: frames_as(ex[key][keep], spec.inputs[key][1]) for key in ("rgb", "audio")}
     tokens = ex["text_tokens"][: spec.max_text_tokens]  # none kept for a model without text
     bad = (tokens < 0) | (tokens >= spec.text_vocab_size)
     if bad.any():
@@ -168,7 +167,7 @@ def _decode(payload: bytes, index: int, offset: int, spec: InputSpec) -> dict[st
     return out
 
 
-def _frames_as(frames: np.ndarray, dtype: np.dtype) -> np.ndarray:
+def frames_as(frames: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Frames in the model's input dtype: float frames are quantized for a uint8 model, as the
     extractor writes them (the model dequantizes them again)."""
     if dtype == np.uint8 and frames.dtype != np.uint8:
@@ -178,7 +177,8 @@ def _frames_as(frames: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return frames
 
 
-def _collate(examples: list[dict], ids: list[str | None], spec: InputSpec) -> Videos:
+def collate(examples: list[dict], ids: list[str | None], spec: InputSpec) -> Videos:
+    """Pipeline examples (rgb, audio, text_tokens) -> the model's input rows, padded."""
     if not examples:
         raise RequestError(400, "the body holds no videos")
     for ex in examples:
@@ -188,101 +188,3 @@ def _collate(examples: list[dict], ids: list[str | None], spec: InputSpec) -> Vi
     for name, (_, dtype) in spec.inputs.items():
         rows[name] = np.ascontiguousarray(batch[name], dtype)
     return Videos(rows, ids)
-
-
-def parse_json(body: bytes, spec: InputSpec) -> Videos:
-    """Videos from a JSON object of features, or a list of them (see InputSpec.describe)."""
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise RequestError(400, f"malformed JSON body: {e}") from None
-    items = doc if isinstance(doc, list) else [doc]
-    if not items:
-        raise RequestError(400, "the JSON body is an empty list: expected at least one video")
-    examples, ids = [], []
-    for i, item in enumerate(items):
-        where = f"JSON video {i}" if isinstance(doc, list) else "JSON body"
-        if not isinstance(item, dict):
-            raise RequestError(
-                422, f"{where} is a {type(item).__name__}; expected an object: {spec.describe()}"
-            )
-        unknown = sorted(set(item) - set(_JSON_KEYS))
-        if unknown:
-            raise RequestError(
-                422, f"{where}: unknown key(s) {unknown}; expected keys among {list(_JSON_KEYS)}"
-            )
-        video_id = item.get("id")
-        if video_id is not None and not isinstance(video_id, str):
-            raise RequestError(
-                422, f"{where}: 'id' is a {type(video_id).__name__}, expected a string"
-            )
-        examples.append(_json_video(item, where, spec))
-        ids.append(video_id)
-    return _collate(examples, ids, spec)
-
-
-def _json_video(item: dict, where: str, spec: InputSpec) -> dict[str, Any]:
-    quantized = item.get("quantized", False)
-    if not isinstance(quantized, bool):
-        raise RequestError(422, f"{where}: 'quantized' must be true or false")
-    if quantized and spec.level == "video":
-        raise RequestError(422, f"{where}: 'quantized' applies to frame-level models only")
-    out = {}
-    for key, dim in _DIMS.items():
-        if key not in item:
-            raise RequestError(422, f"{where}: '{key}' is missing; expected {spec.describe()}")
-        try:
-            x = np.asarray(item[key], np.float64)
-        except (TypeError, ValueError):
-            raise RequestError(
-                422, f"{where}: '{key}' is not a (rectangular) list of numbers"
-            ) from None
-        if spec.level == "frame" and x.size == 0:
-            x = x.reshape(0, dim)  # a video without frames, as records may have
-        want = (dim,) if spec.level == "video" else ("T", dim)
-        if x.ndim != len(want) or x.shape[-1] != dim:
-            got = "a number" if x.ndim == 0 else f"shape {list(x.shape)}"
-            expected = f"{dim} values" if spec.level == "video" else f"[frames, {dim}]"
-            raise RequestError(
-                422,
-                f"{where}: '{key}' has {got}; expected {expected} ({spec.level}-level model)",
-            )
-        if not np.isfinite(x).all():
-            flat = int(np.argmax(~np.isfinite(x.reshape(-1))))
-            at = tuple(int(j) for j in np.unravel_index(flat, x.shape))
-            value = x.reshape(-1)[flat]
-            raise RequestError(422, f"{where}: '{key}' has a non-finite value {value} at {at}")
-        out[key] = _json_features(x, key, where, quantized, spec)
-    if spec.level == "frame" and len(out["rgb"]) != len(out["audio"]):
-        raise RequestError(
-            422, f"{where}: 'rgb' has {len(out['rgb'])} frames but 'audio' has {len(out['audio'])}"
-        )
-    out["text_tokens"] = _json_tokens(item.get("text_tokens", []), where, spec)
-    return out
-
-
-def _json_features(x: np.ndarray, key: str, where: str, quantized: bool, spec: InputSpec):
-    if spec.level == "video":
-        return x.astype(np.float32)
-    x = x[: spec.max_frames]  # the first max_frames frames, as evaluation reads records
-    if quantized:
-        if ((x < 0) | (x > 255) | (x != np.round(x))).any():
-            raise RequestError(
-                422,
-                f"{where}: '{key}' is marked quantized but holds values outside 0..255 "
-                "or non-integers",
-            )
-        return _frames_as(x.astype(np.uint8), spec.inputs[key][1])
-    return _frames_as(x.astype(np.float32), spec.inputs[key][1])
-
-
-def _json_tokens(tokens: Any, where: str, spec: InputSpec) -> np.ndarray:
-    try:
-        t = np.asarray(tokens, np.float64).reshape(-1)[: spec.max_text_tokens]
-    except (TypeError, ValueError):
-        raise RequestError(422, f"{where}: 'text_tokens' is not a list of integers") from None
-    if (t != np.round(t)).any() or ((t < 0) | (t >= spec.text_vocab_size)).any():
-        raise RequestError(
-            422, f"{where}: 'text_tokens' must be integers in [0, {spec.text_vocab_size})"
-        )
-    return t.astype(np.int64)

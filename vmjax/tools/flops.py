@@ -8,8 +8,8 @@ import re
 import jax
 from absl import logging
 
+from vmjax.data.device import DTYPES, cast_floats
 from vmjax.train import parallel
-from vmjax.train.step import DTYPES, cast_floats
 
 # Dense (no sparsity) peak FLOP/s of one JAX device: (name, device_kind regex, 16-bit tensor
 # cores, TF32 tensor cores, float32 without tensor cores). The first match wins. Sources, the

@@ -23,13 +23,12 @@ study rows.
 Data as the classifier's: config.data (YT8M frame-level TFRecords or ArrayRecord, or the
 embedded dataset), read by vmjax.train.loop's streams and sharded like them; padding rows are
 masked out of the loss. Steps, checkpoints, resume, TensorBoard and metrics.jsonl:
-vmjax.train.contrastive_loop. One process only (the evaluation gathers embeddings on the host).
+vmjax.train.contrastive. One process only (the evaluation gathers embeddings on the host).
 """
 
 from __future__ import annotations
 
 import functools
-import os
 
 import jax
 import ml_collections
@@ -37,13 +36,15 @@ import numpy as np
 import optax
 
 from vmjax import metrics
+from vmjax import run as run_lib
 from vmjax.data import augment, pipeline
+from vmjax.data.device import DTYPES, cast_floats, model_inputs
 from vmjax.models.audiovisual import MODALITIES, AudioVisual
 from vmjax.models.retrieval import infonce_loss, logit_scale
-from vmjax.train import contrastive_loop, loop, parallel
+from vmjax.train import contrastive, inputs, parallel
+from vmjax.train import fit as fit_lib
 from vmjax.train import state as state_lib
-from vmjax.train.contrastive_loop import Placement
-from vmjax.train.step import DTYPES, cast_floats, model_inputs
+from vmjax.train.contrastive import Placement
 
 TASK = "audiovisual"
 DIRECTIONS = ("audio_to_rgb", "rgb_to_audio")
@@ -198,7 +199,7 @@ def embed_step(params, batch: dict, *, model: AudioVisual, dtype: str = "float32
 
 def setup(config: ml_collections.ConfigDict) -> tuple[AudioVisual, object, Placement]:
     """(model, optimizer, the steps jitted on the config's mesh), memoized by the config."""
-    return contrastive_loop.memoized(config, _build)
+    return contrastive.memoized(config, _build)
 
 
 def _build(config: ml_collections.ConfigDict) -> tuple[AudioVisual, object, Placement]:
@@ -206,7 +207,7 @@ def _build(config: ml_collections.ConfigDict) -> tuple[AudioVisual, object, Plac
     tx = make_optimizer(config)
     example = pipeline.config_example_batch(config.data)
     inputs = model_inputs(model_batch(example))
-    place_ = contrastive_loop.place(
+    place_ = contrastive.place(
         config,
         init=functools.partial(state_lib.create_train_state, model, tx),
         init_args=(inputs, jax.random.PRNGKey(config.seed)),
@@ -229,7 +230,7 @@ def embed_files(place_: Placement, params, config, files: list[str]) -> dict[str
     """Unit rgb and audio embeddings `[N, E]` of every real video of `files`, in file order."""
     spec = pipeline.BatchSpec.from_config(config.data)
     parts = {m: [] for m in MODALITIES}
-    for batch in loop.eval_stream(config, spec, files, config.eval_batch_size):
+    for batch in inputs.eval_stream(config, spec, files, config.eval_batch_size):
         out = place_.embed(params, batch)
         real = np.asarray(out["weights"]) > 0
         for m in MODALITIES:
@@ -246,7 +247,7 @@ def pair_results(rgb: np.ndarray, audio: np.ndarray, log_scale: float) -> dict:
     out = {}
     for direction, sim in (("audio_to_rgb", similarity), ("rgb_to_audio", similarity.T)):
         out |= {f"{direction}/{k}": v for k, v in metrics.retrieval_metrics(sim).items()}
-    out["loss"] = contrastive_loop.infonce_np(rgb, audio, log_scale)
+    out["loss"] = contrastive.infonce_np(rgb, audio, log_scale)
     out["num_videos"] = len(rgb)
     for k in metrics.RECALL_KS:
         out[f"chance/r@{k}"] = min(k / len(rgb), 1.0)
@@ -259,30 +260,30 @@ def evaluate(place_: Placement, params, config, files: list[str]) -> dict:
     return pair_results(embedded["rgb"], embedded["audio"], log_scale)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, allow: tuple[str, ...] = ()
+) -> dict | None:
     """Pretrains, evaluates every `eval_every` steps, checkpoints, resumes (see module doc)."""
     check_config(config)
-    workdir = os.path.abspath(os.path.expanduser(workdir))
-    os.makedirs(workdir, exist_ok=True)
-    train_files, eval_files, data_dir = loop.resolve_data(config)
-    loop.write_config(config, workdir, train_files, eval_files, data_dir)
-    _, _, place_ = setup(config)
-    spec = pipeline.BatchSpec.from_config(config.data)
-    train_iter = loop.train_stream(config, spec, train_files, config.batch_size)
-    return contrastive_loop.fit(
-        config,
-        workdir,
-        place_,
-        train_iter,
-        evaluate=lambda params: evaluate(place_, params, config, eval_files),
-        log_eval=_log_eval,
-        desc="pretrain audio-visual",
-    )
+    run_lib.Run.check_resume(config, workdir, allow)  # before anything is written
+    train_files, eval_files, data_dir = inputs.resolve_data(config)
+    resolved = inputs.resolved_info(train_files, eval_files, data_dir)
+    with run_lib.training(config, workdir, resolved, allow=allow) as run:
+        _, _, place_ = setup(config)
+        spec = pipeline.BatchSpec.from_config(config.data)
+        train_iter = inputs.train_stream(config, spec, train_files, config.batch_size)
+        task = contrastive.task(
+            place_,
+            evaluate=lambda params: evaluate(place_, params, config, eval_files),
+            log_eval=_log_eval,
+            desc="pretrain audio-visual",
+        )
+        return fit_lib.fit(config, run, task, train_iter)
 
 
-def _log_eval(result: dict, workdir: str, writer, progress) -> None:
+def _log_eval(result: dict, writer, progress) -> None:
     keys = ["step", "train_loss", *LOGGED, "num_videos"]
-    loop.log_metrics({k: result[k] for k in keys}, workdir, writer)
+    writer.eval_line({k: result[k] for k in keys})
     progress.write(
         f"step {result['step']}: audio->rgb R@1 {result['audio_to_rgb/r@1']:.3f} "
         f"R@10 {result['audio_to_rgb/r@10']:.3f} medR {result['audio_to_rgb/median_rank']:.0f}  "
@@ -295,6 +296,6 @@ def summary(result: dict) -> str:
     """The final evaluation with chance levels, for the console."""
     n = result["num_videos"]
     lines = [f"Final audio-visual evaluation (step {result['step']}, {n} eval videos):"]
-    lines += contrastive_loop.recall_lines(result, {d: d.replace("_to_", "->") for d in DIRECTIONS})
+    lines += contrastive.recall_lines(result, {d: d.replace("_to_", "->") for d in DIRECTIONS})
     lines.append(f"  eval InfoNCE {result['loss']:.3f} (uniform: ln {n} = {np.log(n):.3f})")
     return "\n".join(lines)

@@ -18,23 +18,41 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from vmjax import compress, trained
 from vmjax.data import pipeline, synthetic
-from vmjax.train import loop, parallel
+from vmjax.train import evaluate, inputs, parallel
 from vmjax.train import state as state_lib
-from vmjax.train.checkpoint import restore_checkpoint
 
 KAGGLE_TOP_K = 20
 
 
 def restore(config: ml_collections.ConfigDict, workdir: str, step: int | None = None):
-    """(placement, state on the devices, step) of checkpoint `step` (default: the latest)."""
-    directory = os.path.join(os.path.abspath(os.path.expanduser(workdir)), "checkpoints")
-    model, tx, like = state_lib.init_run(config)
-    par = parallel.create(config, model, tx)
-    like = par.checkpoint_view(par.put_state(like))  # restore straight into the placement
-    state, step = restore_checkpoint(directory, like, step)
-    logging.info("Restored %s", os.path.join(directory, str(step)))
-    return par, par.put_state(state), step
+    """(placement, state on the devices, step) of checkpoint `step` (default: the newest good).
+
+    The parameters come from shapes (vmjax.trained), never through the run's optimizer; a
+    quantization-aware run evaluates with its fake-quantized forward pass, as it trained.
+    """
+    run = trained.load(workdir, step, config)
+    model, params = run.model, run.params
+    method = compress.method(config)
+    if method in ("qat", "ptq"):
+        from vmjax.compress import quantization
+
+        if method == "qat":  # as it trained: fake-quantized matmuls on its float parameters
+            model = quantization.qat_model(model, config.compress)
+        else:  # int8 parameters, as the PTQ run evaluated when it was made
+            example = trained.example_inputs(config)
+            model, params = quantization.deployed(config, model, params, example)
+    par = parallel.create(config, model, None)
+    state = state_lib.TrainState(
+        step=np.int32(run.step),
+        params=params,
+        opt_state=None,
+        model_state=run.model_state,
+        rng=None,
+    )
+    logging.info("Restored %s", os.path.join(run.run.checkpoint_dir, str(run.step)))
+    return par, par.put_state(state), run.step
 
 
 def class_names(config: ml_collections.ConfigDict, data_dir: str | None) -> list[str]:
@@ -56,7 +74,7 @@ def evaluate_checkpoint(
 ) -> dict:
     """Metrics of a checkpoint on the eval data, written under WORKDIR/eval/."""
     par, state, step = restore(config, workdir, step)
-    _, eval_files, data_dir = loop.resolve_data(config)
+    _, eval_files, data_dir = inputs.resolve_data(config)
     # Class kinds belong to the embedded YT8M features, not to the synthetic videos.
     video = config.data.format == "video_files"
     kinds = synthetic.class_kinds(data_dir) if data_dir and not video else None
@@ -64,7 +82,7 @@ def evaluate_checkpoint(
     def eval_fn(state, batch):
         return par.eval_step(state, par.put_batch(batch))
 
-    result = loop.evaluate(eval_fn, state, eval_files, config, kinds, per_class=True)
+    result = evaluate.evaluate(eval_fn, state, eval_files, config, kinds, per_class=True)
     ap, positives = result.pop("per_class_ap"), result.pop("class_positives")
     result = {"step": step, **result}
     if jax.process_index() == 0:
@@ -93,7 +111,7 @@ def predict(
     if jax.process_count() > 1:
         raise NotImplementedError("--mode predict runs in one process (video ids stay local)")
     par, state, step = restore(config, workdir, step)
-    _, eval_files, data_dir = loop.resolve_data(config)
+    _, eval_files, data_dir = inputs.resolve_data(config)
     video = config.data.format == "video_files"  # decoded clips: no feature BatchSpec
     spec = None if video else pipeline.BatchSpec.from_config(config.data)
     out = out or os.path.join(workdir, f"predictions_step_{step}.csv")
@@ -104,7 +122,7 @@ def predict(
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["VideoId", "LabelConfidencePairs"])
-        for batch in loop.eval_stream(config, spec, eval_files, config.eval_batch_size):
+        for batch in inputs.eval_stream(config, spec, eval_files, config.eval_batch_size):
             scores = np.asarray(par.eval_step(state, par.put_batch(batch))["scores"])
             top = np.argsort(-scores, axis=1, kind="stable")[:, :KAGGLE_TOP_K]
             for r in np.flatnonzero(batch["weights"]):

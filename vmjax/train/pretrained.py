@@ -17,15 +17,11 @@ config.freeze_steps: > 0 freezes them for the first freeze_steps updates only, t
 
 from __future__ import annotations
 
-import os
-
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
 from absl import logging
-
-from vmjax.train import state as state_lib
 
 
 def _names(value: str) -> list[str]:
@@ -79,24 +75,27 @@ def freeze(config: ml_collections.ConfigDict, tx: optax.GradientTransformation):
 
 
 def source_params(workdir: str) -> tuple[dict, int, str]:
-    """(params, step, absolute workdir) of a run's latest checkpoint, by its config's task."""
-    from vmjax.train.checkpoint import restore_checkpoint
+    """(params, step, absolute workdir) of a run's newest good checkpoint, by its task."""
+    from vmjax import run as run_lib
+    from vmjax import trained
 
-    source, workdir = state_lib.read_run_config(workdir)
-    task = source.get("task", "classify")
+    source = run_lib.Run.open(workdir)
+    task = source.config.get("task", "classify")
     if task == "retrieval":
         raise ValueError(
-            f"{workdir} is a text-video retrieval run; init_from reads audio-visual "
+            f"{source.workdir} is a text-video retrieval run; init_from reads audio-visual "
             "pretraining runs (configs/audiovisual.py) and classifier runs"
         )
     if task != "audiovisual":
-        _, state, step = state_lib.restore_latest(source, workdir)
-        return state.params, step, workdir
+        run = trained.load(source.workdir)
+        return run.params, run.step, source.workdir
     from vmjax.train import audiovisual
+    from vmjax.train.checkpoint import restore_checkpoint
 
-    like = jax.eval_shape(audiovisual.setup(source)[2].init)
-    state, step = restore_checkpoint(os.path.join(workdir, "checkpoints"), like)
-    return state.params, step, workdir
+    shapes = jax.eval_shape(audiovisual.setup(source.config)[2].init)
+    like = {"params": shapes.params, "step": shapes.step}
+    state, step = restore_checkpoint(source.checkpoint_dir, like, partial=True)
+    return state["params"], step, source.workdir
 
 
 def initialize(config: ml_collections.ConfigDict, params: dict) -> dict:

@@ -28,7 +28,7 @@ from absl import logging
 
 from vmjax import metrics
 from vmjax.data import pipeline, segments, streams, tfrecord, yt8m
-from vmjax.train import inference, loop
+from vmjax.train import inference, inputs
 
 SEGMENTS_PER_CLASS = 100_000  # the Kaggle file's limit per class, and the MAP cut-off
 
@@ -102,7 +102,7 @@ def _batches(config):
     """(segment batches of the eval data, the skipped-record counter under on_error='skip')."""
     if jax.process_count() > 1:
         raise NotImplementedError("segment eval/predict run in one process")
-    _, eval_files, _ = loop.resolve_data(config)
+    _, eval_files, _ = inputs.resolve_data(config)
     bad = pipeline.BadRecords() if config.data.on_error == "skip" else None
     return segment_batches(config, eval_files, config.eval_batch_size, bad), bad
 

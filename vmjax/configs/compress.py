@@ -12,21 +12,15 @@ to pick the model (`configs/compress.py:prune,frame,smoke`). Everything else, an
 meaning, is configs/yt8m.py's; `benchmarks/compression.py` runs them all against one teacher.
 """
 
-import os
-
 import ml_collections
 
-from vmjax.tools import configs
+# An absolute import: this file works as vmjax.configs.compress and when loaded by path.
+from vmjax.configs import yt8m
 
 METHOD_PRESETS = ("prune", "ptq", "qat", "distill")
 
 
-def _yt8m():
-    return configs.load_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "yt8m.py"))
-
-
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    yt8m = _yt8m()
     presets = [p for p in (arg or "").split(",") if p]
     unknown = sorted(set(presets) - set(METHOD_PRESETS) - set(yt8m.PRESETS))
     if unknown:

@@ -44,6 +44,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.dtype = "float32"  # or bfloat16 (parameters stay float32): half the activation memory
     c.grad_accum = 1  # split each batch into this many micro-batches (sums their gradients)
     c.on_nonfinite_loss = "stop"  # NaN/Inf loss: 'stop' (name the step) or 'skip' the update
+    c.divergence_factor = 100.0  # train loss above this x the first step's loss = diverged
+    c.on_divergence = "stop"  # diverged: 'stop' (name the step and last good checkpoint) or 'off'
     c.log_batches = False  # write a hash of every train batch to workdir/batches.jsonl
 
     c.data = ml_collections.ConfigDict()
@@ -72,9 +74,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # 'spatio_temporal' | 'factorised_encoder' | 'factorised_self_attention' |
     # 'factorised_dot_product' (Models 1-4 of the paper)
     c.model.variant = "spatio_temporal"
-    c.model.pooling = "cls"  # 'cls' | 'mean'; the last two variants have no CLS: use 'mean'
+    c.model.pooling = "auto"  # 'auto' (CLS for the first two variants, else mean) | 'cls' | 'mean'
     c.model.patch_size = (2, 16, 16)  # tubelet (time, height, width): ViViT-B/16x2
     c.model.posemb_init = "normal"  # learned positions from N(0, 0.02), as in ViT and the paper
+    # 'auto': the paper's tables (one per token; a space and a time table for factorised_encoder)
+    c.model.posemb_layout = "auto"  # or 'factorised' (time + space tables) | 'joint'
     c.model.hidden_size = 768  # token width D (ViT-Base)
     c.model.num_layers = 12  # encoder blocks; the spatial encoder's for factorised_encoder
     c.model.num_temporal_layers = 4  # temporal encoder blocks (factorised_encoder only)

@@ -49,6 +49,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.dtype = "float32"  # compute dtype: float32 or bfloat16 (parameters stay float32)
     c.grad_accum = 1  # split each batch into this many micro-batches (sums their gradients)
     c.on_nonfinite_loss = "stop"  # NaN/Inf loss: 'stop' (name the step) or 'skip' the update
+    c.divergence_factor = 100.0  # train loss above this x the first step's loss = diverged
+    c.on_divergence = "stop"  # diverged: 'stop' (name the step and last good checkpoint) or 'off'
     c.log_batches = False  # write a hash of every train batch to workdir/batches.jsonl
 
     c.data = ml_collections.ConfigDict()
@@ -99,7 +101,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.vivit.num_heads = 4  # attention heads
     c.model.vivit.mlp_dim = 512  # MLP width inside each block
     c.model.vivit.num_temporal_layers = 2  # factorised_encoder: temporal encoder blocks
-    c.model.vivit.pooling = "cls"  # cls or mean (factorised self-attention / dot-product: mean)
+    c.model.vivit.pooling = "auto"  # cls if the variant has a CLS token, else mean; or cls | mean
     c.model.vivit.tokens_per_frame = 1  # spatial tokens made from each frame's features
     c.model.vivit.posemb_init = "sincos"  # learned positions from sinusoids, or 'normal' (ViT)
     c.model.vivit.dropout = 0.0  # dropout inside the blocks

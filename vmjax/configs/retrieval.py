@@ -20,7 +20,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         raise ValueError(f"unknown preset(s) {unknown}; choose from {PRESETS}")
 
     c = ml_collections.ConfigDict()
-    c.task = "retrieval"  # vmjax.main routes training to vmjax.train.contrastive
+    c.task = "retrieval"  # vmjax.main routes training to vmjax.train.retrieval
     c.seed = 0  # parameter init, data order and per-step RNG
     c.batch_size = 256  # global batch: each pair's negatives are the other 255 of it
     c.eval_batch_size = 256  # global batch for embedding the validate videos and captions
@@ -29,6 +29,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint_every = 500  # save a checkpoint every N steps (and at the end)
     c.keep_checkpoints = 3  # how many checkpoints orbax keeps
     c.log_every = 50  # train loss to the progress bar and TensorBoard every N steps
+    c.divergence_factor = 100.0  # train loss above this x the first step's loss = diverged
+    c.on_divergence = "stop"  # diverged: 'stop' (name the step and last good checkpoint) or 'off'
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.fsdp = 1  # shard parameters and optimizer state over this many devices

@@ -17,18 +17,13 @@ trainer with a logistic head (model.head), the encoders taken from the pretraini
 as rows of the comparative study.
 """
 
-import os
-
 import ml_collections
 
-from vmjax.tools import configs
+# An absolute import: this file works as vmjax.configs.audiovisual and when loaded by path.
+from vmjax.configs import yt8m
 
 STAGES = ("probe", "finetune", "random_probe")  # none of them: pretraining
 PRESETS = STAGES + ("smoke",)
-
-
-def _yt8m():
-    return configs.load_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "yt8m.py"))
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -42,7 +37,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     stage = stages[0] if stages else "pretrain"
 
     smoke = "smoke" in presets
-    c = _yt8m().get_config("multimodal,smoke" if smoke else "multimodal")  # smoke: its sizes
+    c = yt8m.get_config("multimodal,smoke" if smoke else "multimodal")  # smoke: its sizes
     c.model.modalities = "rgb,audio"  # the two streams the pretraining pairs
     c.model.fusion = "concat"  # the probes read the encoders' embeddings side by side
     c.data.max_frames = 48  # the embedded videos have 8-48 frames

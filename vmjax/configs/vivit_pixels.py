@@ -40,6 +40,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.dtype = "float32"  # compute dtype: float32 or bfloat16 (parameters stay float32)
     c.grad_accum = 1  # split each batch into this many micro-batches (sums their gradients)
     c.on_nonfinite_loss = "stop"  # NaN/Inf loss: 'stop' (name the step) or 'skip' the update
+    c.divergence_factor = 100.0  # train loss above this x the first step's loss = diverged
+    c.on_divergence = "stop"  # diverged: 'stop' (name the step and last good checkpoint) or 'off'
     c.log_batches = False  # write a hash of every train batch to workdir/batches.jsonl
 
     c.data = ml_collections.ConfigDict()
@@ -74,7 +76,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # vivit_pixels: 'spatio_temporal' | 'factorised_encoder' | 'factorised_self_attention' |
     # 'factorised_dot_product' (Models 1-4 of the paper)
     c.model.variant = "spatio_temporal"
-    c.model.pooling = "cls"  # vivit_pixels: 'cls' | 'mean' (the last two variants: 'mean')
+    c.model.pooling = "auto"  # vivit_pixels: 'auto' (CLS if the variant has one) | 'cls' | 'mean'
     c.model.patch_size = (2, 8, 8)  # vivit_pixels: tubelet (time, height, width)
     c.model.posemb_init = "sincos"  # vivit_pixels: 'sincos' shows frame order from step 0
     c.model.hidden_size = 128  # vivit_pixels: token width; cnn_lstm: LSTM width

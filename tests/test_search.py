@@ -1,9 +1,10 @@
-"""vmjax.retrieval.Index against numpy brute force, by hand on ties, and through save/load."""
+"""vmjax.search.Index against numpy brute force, by hand on ties, and through save/load."""
 
 import numpy as np
 import pytest
 
-from vmjax.retrieval import Index
+from vmjax.errors import RunDirectoryError
+from vmjax.search import Index
 
 DIM = 16
 
@@ -148,30 +149,30 @@ def test_errors_name_the_problem(tmp_path):
 
 
 def test_build_index_reuses_the_saved_index_only_for_the_latest_checkpoint(tmp_path):
-    from vmjax import retrieval
+    from vmjax import search
 
     (tmp_path / "checkpoints" / "5").mkdir(parents=True)
     saved = Index(DIM)
     saved.add(_random(6, 8), [f"v{i}" for i in range(6)], classes=["Music; Guitar"] * 6)
-    saved.save(tmp_path / retrieval.INDEX_FILE)
-    (tmp_path / retrieval.INDEX_INFO).write_text('{"step": 5, "split": "validate"}')
-    loaded = retrieval.build_index(str(tmp_path))  # no model, no data: read from disk
+    saved.save(tmp_path / search.INDEX_FILE)
+    (tmp_path / search.INDEX_INFO).write_text('{"step": 5, "split": "validate"}')
+    loaded = search.build_index(str(tmp_path))  # no model, no data: read from disk
     np.testing.assert_array_equal(loaded.ids, saved.ids)
     np.testing.assert_array_equal(loaded.classes, saved.classes)
     # Another split, or a newer checkpoint: the saved index is stale and a rebuild needs the
     # run (its config.json), which this directory does not have.
-    with pytest.raises(FileNotFoundError, match="config.json does not exist"):
-        retrieval.build_index(str(tmp_path), "train")
+    with pytest.raises(RunDirectoryError, match="has no config.json|does not exist"):
+        search.build_index(str(tmp_path), "train")
     (tmp_path / "checkpoints" / "7").mkdir()
-    with pytest.raises(FileNotFoundError, match="config.json does not exist"):
-        retrieval.build_index(str(tmp_path))
+    with pytest.raises(RunDirectoryError, match="has no config.json|does not exist"):
+        search.build_index(str(tmp_path))
 
 
 def test_unknown_words_are_the_words_encoding_only_as_unk():
-    from vmjax import retrieval
+    from vmjax import search
     from vmjax.data import text
 
     tokenizer = text.build_vocabulary(["a video of a guitar", "rock concert, live"], 32)
-    assert retrieval.unknown_words(tokenizer, "Guitar solo on stage") == ["solo", "on", "stage"]
-    assert retrieval.unknown_words(tokenizer, "a rock concert!") == []
-    assert retrieval.unknown_words(tokenizer, "qwzx") == ["qwzx"]
+    assert search.unknown_words(tokenizer, "Guitar solo on stage") == ["solo", "on", "stage"]
+    assert search.unknown_words(tokenizer, "a rock concert!") == []
+    assert search.unknown_words(tokenizer, "qwzx") == ["qwzx"]

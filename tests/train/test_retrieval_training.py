@@ -20,10 +20,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from vmjax import metrics, retrieval
+from vmjax import metrics, search
 from vmjax.data import synthetic, text, tfrecord, yt8m
 from vmjax.models.retrieval import JointEmbedding
-from vmjax.train import contrastive, contrastive_loop
+from vmjax.train import contrastive, retrieval
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SYNTHETIC = dict(seed=0, num_train=256, num_validate=128, min_frames=4, max_frames=12)
@@ -73,7 +73,7 @@ def run(tmp_path_factory):
     data_dir = str(root / "cache" / spec.key())
     synthetic.generate(data_dir, spec, workers=1, log=lambda *_: None)  # no worker processes
     workdir = str(root / "w")
-    result = contrastive.train_and_evaluate(config, workdir)
+    result = retrieval.train_and_evaluate(config, workdir)
     return types.SimpleNamespace(config=config, workdir=workdir, result=result, data_dir=data_dir)
 
 
@@ -133,7 +133,7 @@ def _restored_params(workdir: str, step: int):
 @pytest.fixture(scope="module")
 def reference(run):
     inputs = _validate_inputs(run.config, run.data_dir, run.workdir)
-    model = contrastive.build_model(run.config)
+    model = retrieval.build_model(run.config)
     classes, q_tokens, q_mask = _class_queries(
         run.data_dir, inputs["labels"], inputs["tokenizer"], run.config.data.max_caption_tokens
     )
@@ -156,11 +156,11 @@ def reference(run):
             "text": caption,
             "hand_r@10": float(np.mean(ranks <= 10)),
             "metrics": metrics.text_video_retrieval(sim),
-            "loss": contrastive_loop.infonce_np(video, caption, float(params["log_scale"])),
+            "loss": contrastive.infonce_np(video, caption, float(params["log_scale"])),
             "zero_shot_gap": metrics.gap(video @ queries.T, inputs["labels"][:, classes]),
         }
 
-    _, _, placement = contrastive.setup(run.config)
+    _, _, placement = retrieval.setup(run.config)
     untrained = jax.device_get(placement.init().params)  # the trainer's initialisation
     return types.SimpleNamespace(
         ids=inputs["ids"],
@@ -183,7 +183,7 @@ def test_metrics_jsonl_has_the_retrieval_keys_and_checkpoints_exist(run):
     assert any(e.startswith("events.out") for e in os.listdir(f"{run.workdir}/tensorboard"))
     assert run.result["step"] == STEPS
     assert run.result["chance/r@10"] == 10 / SYNTHETIC["num_validate"]
-    summary = contrastive.summary(run.result)
+    summary = retrieval.summary(run.result)
     assert "text->video: R@1" in summary and "chance 0.078" in summary
 
 
@@ -209,7 +209,7 @@ def test_trainer_metrics_equal_metrics_on_independent_embeddings(run, reference)
 
 
 def test_build_index_top_k_equals_brute_force_and_is_reused(run, reference):
-    index = retrieval.build_index(run.workdir)
+    index = search.build_index(run.workdir)
     assert len(index) == SYNTHETIC["num_validate"]
     order = {video_id: i for i, video_id in enumerate(reference.ids)}
     rows = np.array([order[i] for i in index.ids])
@@ -226,7 +226,7 @@ def test_build_index_top_k_equals_brute_force_and_is_reused(run, reference):
     )
     assert index.classes[0] == want_names
     stamp = os.stat(os.path.join(run.workdir, "index.npz")).st_mtime_ns
-    again = retrieval.build_index(run.workdir)  # loaded, not rebuilt
+    again = search.build_index(run.workdir)  # loaded, not rebuilt
     assert os.stat(os.path.join(run.workdir, "index.npz")).st_mtime_ns == stamp
     np.testing.assert_array_equal(again.ids, index.ids)
 
@@ -239,7 +239,7 @@ def test_resume_from_the_middle_checkpoint_continues_at_its_step(run, tmp_path, 
     with open(os.path.join(copy, "metrics.jsonl"), "w") as f:
         f.write(json.dumps(lines[0]) + "\n")
     caplog.set_level(logging.INFO)
-    result = contrastive.train_and_evaluate(run.config, copy)
+    result = retrieval.train_and_evaluate(run.config, copy)
     assert "Resuming from checkpoint" in caplog.text and "(step 12 of 24)" in caplog.text
     assert [m["step"] for m in _metrics(copy)] == [12, STEPS]
     assert result["step"] == STEPS
@@ -278,7 +278,7 @@ def minilm_run(tmp_path_factory):
     data_dir = str(root / "cache" / spec.key())
     synthetic.generate(data_dir, spec, workers=1, log=lambda *_: None)
     workdir = str(root / "w")
-    result = contrastive.train_and_evaluate(config, workdir)
+    result = retrieval.train_and_evaluate(config, workdir)
     # The reference side: the checkpoint loaded here, not through the trainer's cache.
     module, params, tokenizer = minilm.load_sentence_transformer(minilm.default_checkpoint())
     with open(os.path.join(data_dir, "captions", "validate.csv"), newline="") as f:
@@ -309,7 +309,7 @@ def test_minilm_frozen_tower_keeps_the_checkpoint_and_the_rest_trains(minilm_run
     assert jax.tree.structure(trained["text_tower"]) == jax.tree.structure(want)
     for got, ref in zip(jax.tree.leaves(trained["text_tower"]), jax.tree.leaves(want), strict=True):
         np.testing.assert_array_equal(got, ref)  # bit for bit: no update, no weight decay
-    _, _, placement = contrastive.setup(minilm_run.config)
+    _, _, placement = retrieval.setup(minilm_run.config)
     untrained = jax.device_get(placement.init().params)
     for name in ("text_projection", "video_projection", "video_tower"):
         moved = [
@@ -324,18 +324,18 @@ def test_minilm_frozen_tower_keeps_the_checkpoint_and_the_rest_trains(minilm_run
 
 
 def test_minilm_text_features_equal_minilm_encode_of_the_captions(minilm_run):
-    trained = contrastive.load_trained(minilm_run.workdir)
+    trained = retrieval.load_trained(minilm_run.workdir)
     ids = list(minilm_run.validate)
     texts = [minilm_run.validate[i] for i in ids]
     # The captions fit: the trainer's fixed length cuts none of them.
     lengths = [len(e.ids) for e in minilm_run.tokenizer.encode_batch(texts)]
-    tokens, mask = contrastive.tokenize(
+    tokens, mask = retrieval.tokenize(
         trained.tokenizer, texts, trained.config.data.max_caption_tokens
     )
     assert tokens.shape[1] == 64 and max(lengths) <= 64  # the bucket above 48
     np.testing.assert_array_equal(mask.sum(1), lengths)
-    model = contrastive.build_model(
-        trained.config, contrastive.minilm_checkpoint(trained.config)[1].module
+    model = retrieval.build_model(
+        trained.config, retrieval.minilm_checkpoint(trained.config)[1].module
     )
     got = model.apply(
         {"params": jax.device_get(trained.params)},
@@ -347,7 +347,7 @@ def test_minilm_text_features_equal_minilm_encode_of_the_captions(minilm_run):
     want = minilm_run.encode(texts)
     np.testing.assert_allclose(np.asarray(got), want, atol=2e-5)
     # The trainer's evaluation path: each video's caption embedding is encode -> projection.
-    embedded = contrastive.embed_split(
+    embedded = retrieval.embed_split(
         trained.place.embed,
         trained.params,
         trained.config,
@@ -363,14 +363,14 @@ def test_minilm_text_features_equal_minilm_encode_of_the_captions(minilm_run):
 def test_minilm_free_text_query_has_no_unknown_words_and_returns_top_k(minilm_run):
     query = "a skateboarder lands a kickflip at dusk"
     vocabulary = text.Tokenizer.load(os.path.join(minilm_run.workdir, "vocabulary.json"))
-    assert retrieval.unknown_words(vocabulary, query)  # the caption vocabulary would complain
-    found = retrieval.search_text(minilm_run.workdir, query, 5)
+    assert search.unknown_words(vocabulary, query)  # the caption vocabulary would complain
+    found = search.search_text(minilm_run.workdir, query, 5)
     assert found.unknown == [] and not found.all_unknown
     assert found.hits.ids.shape == (1, 5) and found.num_videos == MINILM_SYNTHETIC["num_validate"]
     # The query embedded independently (encode -> projection) ranks the index the same way.
-    params = jax.device_get(contrastive.load_trained(minilm_run.workdir).params)
+    params = jax.device_get(retrieval.load_trained(minilm_run.workdir).params)
     query_emb = _project(params, minilm_run.encode([query]))[0]
-    index = retrieval.build_index(minilm_run.workdir)
+    index = search.build_index(minilm_run.workdir)
     scores = index.embeddings().astype(np.float64) @ query_emb
     want = np.argsort(-scores, kind="stable")[:5]
     np.testing.assert_array_equal(found.hits.ids[0], index.ids[want])

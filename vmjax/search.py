@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 METRICS = ("cosine", "euclidean")
-_FORMAT = "vmjax.retrieval.Index"
+_FORMAT = "vmjax.retrieval.Index"  # the files' format name (the module was vmjax.retrieval)
 _VERSION = 1
 _NORM_EPS = 1e-12
 _ROW_ALIGN = 8  # small blocks are rounded up to this many rows (fewer distinct compiles)
@@ -313,7 +313,7 @@ class Index:
         return index
 
 
-# --- an index of a trained retrieval run's videos (vmjax.train.contrastive), and text search.
+# --- an index of a trained retrieval run's videos (vmjax.train.retrieval), and text search.
 
 INDEX_FILE = "index.npz"  # WORKDIR/index.npz: the saved index of `build_index`
 INDEX_INFO = "index.json"  # which checkpoint step and split it holds
@@ -325,14 +325,14 @@ def embed_dataset(
     """(ids, unit video embeddings `[n, E]`, class names) of every video of `split`.
 
     Embeds with the latest checkpoint of the retrieval run in `workdir` (or `trained`, a
-    vmjax.train.contrastive.Trained); a video's class names are its labels' names joined by
+    vmjax.train.retrieval.Trained); a video's class names are its labels' names joined by
     '; ' ('class N' for a class without a name).
     """
     from vmjax.data import synthetic
-    from vmjax.train import contrastive
+    from vmjax.train import retrieval
 
-    trained = trained or contrastive.load_trained(workdir, config)
-    embedded = contrastive.embed_split(
+    trained = trained or retrieval.load_trained(workdir, config)
+    embedded = retrieval.embed_split(
         trained.place.embed,
         trained.params,
         trained.config,
@@ -355,7 +355,7 @@ def build_index(
     Saved as WORKDIR/index.npz (with index.json naming its checkpoint step and split) and
     loaded from there while both still match the run's latest checkpoint; `rebuild` ignores it.
     """
-    from vmjax.train import checkpoint, contrastive
+    from vmjax.train import checkpoint, retrieval
 
     workdir = os.path.abspath(os.path.expanduser(workdir))
     path, info_path = os.path.join(workdir, INDEX_FILE), os.path.join(workdir, INDEX_INFO)
@@ -368,7 +368,7 @@ def build_index(
         with open(info_path) as f:
             if json.load(f) == info:
                 return Index.load(path)
-    trained = trained or contrastive.load_trained(workdir, config)
+    trained = trained or retrieval.load_trained(workdir, config)
     ids, embeddings, classes = embed_dataset(workdir, split, trained=trained)
     index = Index(embeddings.shape[1])
     index.add(embeddings, ids, classes)
@@ -410,15 +410,15 @@ def search_text(
     the latest checkpoint's text tower.
     """
     from vmjax.data import text
-    from vmjax.train import contrastive
+    from vmjax.train import retrieval
 
     if not query.strip():
         raise ValueError("search_text: the query is empty")
-    trained = contrastive.load_trained(workdir, config)
+    trained = retrieval.load_trained(workdir, config)
     c = trained.config
     index = build_index(workdir, split or c.index_split, trained=trained)
-    tokens, mask = contrastive.tokenize(trained.tokenizer, [query], c.data.max_caption_tokens)
-    if isinstance(trained.tokenizer, contrastive.MiniLMTokenizer):
+    tokens, mask = retrieval.tokenize(trained.tokenizer, [query], c.data.max_caption_tokens)
+    if isinstance(trained.tokenizer, retrieval.MiniLMTokenizer):
         unknown = trained.tokenizer.unknown_words(query)
         unk = trained.tokenizer.tokenizer.token_to_id("[UNK]")
         special = {trained.tokenizer.tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]")}
@@ -427,7 +427,7 @@ def search_text(
     else:
         unknown = unknown_words(trained.tokenizer, query)
         all_unknown = bool((tokens[0][mask[0]] == text.UNK_ID).all())
-    embedding = contrastive.embed_texts(
+    embedding = retrieval.embed_texts(
         trained.place.embed_text,
         trained.params,
         trained.tokenizer,

@@ -1,0 +1,5 @@
+import sys
+
+from vmjax.sweep.cli import main
+
+sys.exit(main())
