@@ -47,6 +47,7 @@ def make_model(tmp: str, model_name: str, max_frames: int, num_classes: int) -> 
     """An exported model of random parameters (untrained; speed does not depend on training)."""
     import jax
 
+    from vmjax import run as run_lib
     from vmjax.tools import configs
     from vmjax.train import setup
     from vmjax.train.checkpoint import Checkpointer
@@ -62,12 +63,10 @@ def make_model(tmp: str, model_name: str, max_frames: int, num_classes: int) -> 
         0.02 * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves, strict=True)
     ]
     state = state.replace(params=jax.tree.unflatten(treedef, leaves))
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), 1)
-    ckpt.save(0, state)
-    ckpt.wait()
-    ckpt.close()
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        json.dump({"config": json.loads(config.to_json_best_effort())}, f)
+    with run_lib.training(config, workdir) as run:  # the run directory's owner writes it
+        ckpt = Checkpointer(run.checkpoint_dir, 1)
+        ckpt.save(0, state)
+        ckpt.close()
     out = os.path.join(tmp, "model.bin")
     export_lib.export(workdir, out, log=lambda _: None)
     return out
