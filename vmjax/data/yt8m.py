@@ -421,3 +421,22 @@ def decode_frame_example(
     if len(out["rgb"]) != len(out["audio"]):
         raise err("audio", f"has {len(out['audio'])} frames, rgb has {len(out['rgb'])}")
     return out
+
+
+def record_level(data: bytes) -> str | None:
+    """'frame' (a SequenceExample with rgb or audio frames), 'video' (an Example with mean_rgb
+    or mean_audio), or None when the record says neither (or does not parse).
+
+    An Example parses as a SequenceExample whose context is its features (both are field 1),
+    so one parse tells the two apart.
+    """
+    proto = tf_example_pb2.SequenceExample()
+    try:
+        proto.ParseFromString(data)
+    except message.DecodeError:
+        return None
+    if {"rgb", "audio"} & set(proto.feature_lists.feature_list):
+        return "frame"
+    if {"mean_rgb", "mean_audio"} & set(proto.context.feature):
+        return "video"
+    return None

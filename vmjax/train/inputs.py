@@ -55,11 +55,43 @@ def resolve_data(config: ml_collections.ConfigDict) -> tuple[list, list, str | N
         if jax.process_count() > 1 and jax.process_index() == 0:
             barrier("embedded data")
         train_pattern, eval_pattern = synthetic.patterns(data_dir, d.level)
+    train_files = pipeline.resolve_files(train_pattern, "data.train_pattern")
+    eval_files = pipeline.resolve_files(eval_pattern, "data.eval_pattern")
+    check_level(train_files, d.level, "data.train_pattern")
+    check_level(eval_files, d.level, "data.eval_pattern")
     return (
-        pipeline.resolve_files(train_pattern, "data.train_pattern"),
-        pipeline.resolve_files(eval_pattern, "data.eval_pattern"),
+        train_files,
+        eval_files,
         data_dir,
     )
+
+
+_LEVEL_FIX = {
+    "frame": "a frame-level config (e.g. --config yt8m:frame, whose models read frames)",
+    "video": "a video-level config (e.g. --config yt8m, whose models read mean features)",
+}
+
+
+def check_level(files: list[str], level: str, field: str) -> None:
+    """DataError when the first readable record of `files` is of the other data level.
+
+    Checked before any work: a frame-level model given video-level files (or the reverse)
+    otherwise fails deep in the pipeline or the model without naming the level.
+    """
+    from vmjax.data import tfrecord, yt8m
+    from vmjax.errors import DataError
+
+    for path in files[:1]:
+        try:
+            first = next(tfrecord.read_records(path), None)
+        except (OSError, tfrecord.RecordError):
+            return  # a damaged file: the pipeline names it (or skips it) with its record
+        found = yt8m.record_level(first[2]) if first else None
+        if found and found != level:
+            raise DataError(
+                f"config.data.level={level!r}, but {path} ({field}) holds {found}-level "
+                f"records: use {_LEVEL_FIX[found]}, or point {field} at {level}-level files"
+            )
 
 
 def _video_items(d: ml_collections.ConfigDict) -> tuple[list, list, str | None]:
