@@ -383,17 +383,10 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    from ml_collections import config_flags
+    from vmjax import cli
 
     # Flags are defined only when run as a program: vmjax.main defines --config too.
-    config_flags.DEFINE_config_file(
-        "config",
-        None,
-        "A config file with get_config(arg), optionally followed by :PRESETS (e.g. "
-        "configs/yt8m.py:smoke); its data fields choose the records. Override fields with "
-        "--config.FIELD=VALUE, e.g. --config.data.train_pattern=GLOB.",
-        lock_config=True,
-    )
+    cli.define_config_flag()
     flags.DEFINE_list("models", list(MODELS), f"Comma-separated baselines, from {MODELS}.")
     flags.DEFINE_integer("max_train", None, "Fit on the first N training videos (default: all).")
     flags.DEFINE_string("out", None, "Append one JSON row per model to this JSON-lines file.")
@@ -401,4 +394,4 @@ if __name__ == "__main__":
         "n_jobs", -1, "Parallel workers for the per-class fits and forests (-1: all cores)."
     )
     flags.mark_flags_as_required(["config"])
-    app.run(main)
+    cli.run(main)

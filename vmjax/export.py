@@ -34,6 +34,7 @@ MODEL_INPUT_KEYS = ("pixels", "rgb", "audio", "mask", "text_tokens", "text_mask"
 PIPELINE_ONLY_KEYS = ("labels", "weights", "num_frames", "ids")
 BATCH = "b"  # the symbolic batch dimension's name in the header
 PLATFORMS = ("cpu", "cuda", "tpu")  # export on a TPU/GPU trainer, load on a CPU server (or back)
+KNOWN_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # what jax.export lowers for
 
 
 class ExportError(ValueError):
@@ -321,17 +322,28 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="comma-separated backends the file will run on (default: %(default)s)",
     )
     args = parser.parse_args(argv)
+    platforms = [p for p in args.platforms.split(",") if p]
+    unknown = sorted(set(platforms) - set(KNOWN_PLATFORMS))
+    if unknown or not platforms:
+        what = f"unknown {', '.join(unknown)}" if unknown else "none given"
+        parser.error(
+            f"--platforms {args.platforms!r}: {what}; choose from {', '.join(KNOWN_PLATFORMS)}"
+        )
+    if args.batch_size is not None and args.batch_size < 1:
+        parser.error(f"--batch_size {args.batch_size}: expected >= 1 (or leave it out)")
+    from vmjax.errors import UserError
+
     try:
         export(
             args.workdir,
             args.out,
             step=args.step,
             batch_size=args.batch_size,
-            platforms=[p for p in args.platforms.split(",") if p],
+            platforms=platforms,
         )
-    except ExportError as e:
+    except (ExportError, UserError) as e:  # the user's run or flags: a message, no traceback
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -698,7 +698,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             log=lambda s: print(s, file=sys.stderr),
         )
     except (ValueError, OSError) as e:  # ExtractError, VideoError, a bad CSV, a missing file
-        parser.exit(1, f"{parser.prog}: error: {e}\n")
+        parser.exit(2, f"{parser.prog}: error: {e}\n")  # the user's input: 2, as argparse
 
 
 if __name__ == "__main__":

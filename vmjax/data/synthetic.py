@@ -671,10 +671,22 @@ def read_oracle(data_dir: str) -> dict:
 
 def main(argv: Sequence[str]) -> None:
     del argv
-    from absl import flags
+    from absl import app, flags
 
     f = flags.FLAGS
     fields = {k: getattr(f, k) for k in _SPEC_FLAGS}
+    low = {k: v for k, v in fields.items() if k != "seed" and v < (0 if k == "min_frames" else 1)}
+    if low:
+        raise app.UsageError(
+            ", ".join(f"--{k}={v}" for k, v in low.items())
+            + ": expected >= 1 (min_frames >= 0)"
+        )
+    if fields["min_frames"] > fields["max_frames"]:
+        raise app.UsageError(
+            f"--min_frames={fields['min_frames']} > --max_frames={fields['max_frames']}"
+        )
+    if os.path.exists(f.out):
+        raise app.UsageError(f"--out {f.out} exists; name a new directory")
     generate(f.out, Spec(**fields))
 
 
@@ -690,11 +702,13 @@ _SPEC_FLAGS = (
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
 
     flags.DEFINE_string("out", None, "Directory to create; must not exist yet.", required=True)
     for name in _SPEC_FLAGS:
         flags.DEFINE_integer(
             name, getattr(Spec(), name), f"Spec.{name} (see vmjax.data.synthetic.Spec)."
         )
-    app.run(main)
+    from vmjax import cli
+
+    cli.run(main)

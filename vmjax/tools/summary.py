@@ -16,15 +16,13 @@ import flax.linen as nn
 import jax
 import ml_collections
 from absl import app, flags
-from ml_collections import config_flags
 
+from vmjax import cli
 from vmjax.data import pipeline
 from vmjax.data.device import model_inputs
 from vmjax.models import build_model
 
-config_flags.DEFINE_config_file(
-    "config", None, "A config file (e.g. configs/yt8m.py:lstm); --config.FIELD=VALUE overrides."
-)
+cli.define_config_flag()  # a name (yt8m:lstm) or a file; --config.FIELD=VALUE overrides
 flags.mark_flags_as_required(["config"])
 
 
@@ -101,4 +99,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)
