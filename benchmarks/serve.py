@@ -1,7 +1,7 @@
 """Model server throughput and latency, with dynamic batching, without, and a bare endpoint.
 
   python benchmarks/serve.py                                  # makes a small model in a temp dir
-  python benchmarks/serve.py --model model.bin --clients 32 --seconds 20
+  python benchmarks/serve.py --model model.npz --clients 32 --seconds 20
   python benchmarks/serve.py --model_name frame_moe --max_frames 64   # a made frame-level one
 
 Two servers (`python -m vmjax.serve`, subprocesses) start on the same model, one per mode, and
@@ -67,7 +67,7 @@ def make_model(tmp: str, model_name: str, max_frames: int, num_classes: int) -> 
         ckpt = Checkpointer(run.checkpoint_dir, 1)
         ckpt.save(0, state)
         ckpt.close()
-    out = os.path.join(tmp, "model.bin")
+    out = os.path.join(tmp, "model.npz")
     export_lib.export(workdir, out, log=lambda _: None)
     return out
 

@@ -654,7 +654,7 @@ def test_command_line(models, capsys, monkeypatch):
             ["--model", models["vocabulary"], "--port", "0"],
             ["is not a file written by vmjax.export"],
         ),
-        (["--model", "/nonexistent/model.bin"], ["--model", "no such file"]),
+        (["--model", "/nonexistent/model.npz"], ["--model", "no such file"]),
         ([], ["--model"]),
         ([*model, "--log_level", "bogus"], ["--log_level", "'bogus'", "warning"]),
         ([*model, "--port", "99999"], ["--port", "99999", "0..65535"]),

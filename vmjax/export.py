@@ -1,6 +1,6 @@
 """A trained run -> one file that scores videos with jax and numpy only (no vmjax model code).
 
-python -m vmjax.export --workdir W --out model.bin [--step N] [--batch_size B]
+python -m vmjax.export --workdir W --out model.npz [--step N] [--batch_size B]
 
 The file is an uncompressed numpy .npz (a zip; np.load reads it without pickle) holding
   header:    JSON (UTF-8 bytes): versions, model, data level, classes, inputs and output;
@@ -10,7 +10,7 @@ The variables are an argument of the exported function rather than constants ins
 StableHLO stays small however large the model, the weights stay plain arrays anyone can inspect,
 and `load` only has to pass them back in order.
 
-    predict = vmjax.export.load("model.bin")
+    predict = vmjax.export.load("model.npz")
     scores = predict({"rgb": rgb, "audio": audio, "mask": mask})  # [b, num_classes] float32
 """
 
@@ -306,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--workdir", required=True, help="the run directory (config.json, checkpoints/)"
     )
-    parser.add_argument("--out", required=True, help="the file to write, e.g. model.bin")
+    parser.add_argument("--out", required=True, help="the file to write, e.g. model.npz")
     parser.add_argument(
         "--step", type=int, default=None, help="checkpoint step to export (default: the latest)"
     )

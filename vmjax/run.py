@@ -68,6 +68,7 @@ FREE_KEYS = (
     "data.prefetch",
     "data.workers",
     "data.read_threads",
+    "data.cache_dir",  # where the embedded dataset lives; its spec, not its folder, is the data
 )
 # What the checkpoints' shapes or the run's identity depend on: never changed on an existing run.
 NEW_RUN_KEYS = (

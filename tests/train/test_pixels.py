@@ -125,7 +125,7 @@ def test_pixel_model_trains_evaluates_checkpoints_and_resumes(cache_dir, tmp_pat
     with open(predictions.replace(".csv", ".jsonl")) as f:
         top = [json.loads(line)["top"][0] for line in f]
     assert all(t["name"] == synthetic_video.CLASSES[t["index"]] for t in top)
-    path = str(tmp_path / "model.bin")
+    path = str(tmp_path / "model.npz")
     header = export.export(workdir, path, platforms=("cpu",), log=lambda _: None)
     assert header["data_level"] == "pixels"
     assert [i["name"] for i in header["inputs"]] == ["pixels", "mask"]

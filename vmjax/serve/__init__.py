@@ -1,6 +1,6 @@
 """The model server: an exported model (vmjax.export) behind HTTP, with dynamic batching.
 
-    python -m vmjax.serve --model model.bin --port 8000
+    python -m vmjax.serve --model model.npz --port 8000
 
 POST /predict takes YT8M TFRecord bytes or JSON features and answers each video's top-k
 classes; GET /healthz and GET /stats describe the model and the batching. docs/serving.md has

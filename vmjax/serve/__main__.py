@@ -1,4 +1,4 @@
-"""python -m vmjax.serve --model model.bin --port 8000 (see vmjax.serve.cli.main)."""
+"""python -m vmjax.serve --model model.npz --port 8000 (see vmjax.serve.cli.main)."""
 
 from vmjax.serve.cli import main
 

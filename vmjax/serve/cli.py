@@ -18,14 +18,14 @@ DEFAULT = Limits()
 
 EXAMPLE = f"""example:
   python -m vmjax.main --config configs/yt8m.py:smoke --workdir /tmp/run
-  python -m vmjax.export --workdir /tmp/run --out /tmp/model.bin
-  python -m vmjax.serve --model /tmp/model.bin --port 8000
+  python -m vmjax.export --workdir /tmp/run --out /tmp/model.npz
+  python -m vmjax.serve --model /tmp/model.npz --port 8000
   curl -s --data-binary @validate00.tfrecord -H 'Content-Type: application/x-tfrecord' \\
       'localhost:8000/predict?top_k=5'
   curl -s localhost:8000/healthz; curl -s localhost:8000/stats
 
   # other machines: a token is required (prefer the environment to --token: ps shows flags)
-  {TOKEN_ENV}=s3cret python -m vmjax.serve --model /tmp/model.bin --host 0.0.0.0
+  {TOKEN_ENV}=s3cret python -m vmjax.serve --model /tmp/model.npz --host 0.0.0.0
   curl -s -H 'Authorization: Bearer s3cret' ...
 
 See docs/serving.md for the request and response formats, the limits and the error table."""
@@ -69,14 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m vmjax.serve",
         # Short: argparse prints the usage above every error, and errors should be a line or two.
         usage="%(prog)s --model MODEL [options] (--help lists them)",
-        description="Serve an exported vmjax model (vmjax.export's model.bin) over HTTP: "
+        description="Serve an exported vmjax model (vmjax.export's model.npz) over HTTP: "
         "POST /predict with YT8M TFRecords or JSON features returns each video's top classes; "
         "concurrent requests are batched dynamically.",
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add = parser.add_argument
-    add("--model", required=True, type=_existing_file, help="the exported model file (model.bin)")
+    add("--model", required=True, type=_existing_file, help="the exported model file (model.npz)")
     add(
         "--host",
         default="127.0.0.1",
