@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from tests.models.test_retrieval import VIVIT, ref_infonce
+from tests.train import kill_resume
 from vmjax import metrics
 from vmjax.data import pipeline, synthetic
 from vmjax.data.device import model_inputs
@@ -343,3 +344,12 @@ def test_audiovisual_model_outputs_unit_vectors():
         np.testing.assert_allclose(np.linalg.norm(out[m], axis=1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(out["log_scale"], np.log(1 / 0.07), rtol=1e-6)
     assert metrics.RECALL_KS == (1, 5, 10)
+
+
+def test_sigkill_mid_save_then_resume_ends_as_the_uninterrupted_run(run, tmp_path):
+    config = run.config.copy_and_resolve_references()
+    config.checkpoint_every = 6  # saving more often changes nothing the run computes
+    workdir = str(tmp_path / "killed")
+    err = kill_resume.kill_mid_save_then_resume("audiovisual", config, workdir, 12)
+    assert "Resuming from checkpoint" in err
+    kill_resume.assert_same_end(workdir, run.workdir, STEPS)

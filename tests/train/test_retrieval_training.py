@@ -20,6 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from tests.train import kill_resume
 from vmjax import metrics, search
 from vmjax.data import synthetic, text, tfrecord, yt8m
 from vmjax.models.retrieval import JointEmbedding
@@ -248,6 +249,15 @@ def test_resume_from_the_middle_checkpoint_continues_at_its_step(run, tmp_path, 
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
     assert result["loss"] == pytest.approx(lines[-1]["loss"], rel=1e-5)
+
+
+def test_sigkill_mid_save_then_resume_ends_as_the_uninterrupted_run(run, tmp_path):
+    config = run.config.copy_and_resolve_references()
+    config.checkpoint_every = 6  # saving more often changes nothing the run computes
+    workdir = str(tmp_path / "killed")
+    err = kill_resume.kill_mid_save_then_resume("retrieval", config, workdir, 12)
+    assert "Resuming from checkpoint" in err
+    kill_resume.assert_same_end(workdir, run.workdir, STEPS)
 
 
 # --- a MiniLM text tower (the installed all-MiniLM-L6-v2), frozen: a few steps on tiny data.
