@@ -678,8 +678,7 @@ def main(argv: Sequence[str]) -> None:
     low = {k: v for k, v in fields.items() if k != "seed" and v < (0 if k == "min_frames" else 1)}
     if low:
         raise app.UsageError(
-            ", ".join(f"--{k}={v}" for k, v in low.items())
-            + ": expected >= 1 (min_frames >= 0)"
+            ", ".join(f"--{k}={v}" for k, v in low.items()) + ": expected >= 1 (min_frames >= 0)"
         )
     if fields["min_frames"] > fields["max_frames"]:
         raise app.UsageError(
