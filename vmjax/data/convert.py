@@ -353,7 +353,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             progress=True,
         )
     except (ValueError, OSError) as e:  # RecordError is a ValueError
-        parser.exit(1, f"{parser.prog}: error: {e}\n")
+        parser.exit(2, f"{parser.prog}: error: {e}\n")  # the user's input: 2, as argparse
     print(
         f"{args.dst}: split {info.name!r}, {info.num_examples} records in "
         f"{len(info.shard_lengths)} shards",

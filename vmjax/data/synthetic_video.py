@@ -258,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             validate_fraction=args.validate_fraction,
         )
     except (ValueError, OSError) as e:
-        parser.exit(1, f"{parser.prog}: error: {e}\n")
+        parser.exit(2, f"{parser.prog}: error: {e}\n")  # the user's input: 2, as argparse
     counts = {s: sum(r["split"] == s for r in rows) for s in SPLITS}
     print(f"{args.out}: {len(rows)} videos ({counts}), {len(CLASSES)} classes", file=sys.stderr)
 
