@@ -354,7 +354,7 @@ def test_command_line(inputs, tmp_path, capsys):
     assert "5 records in 1 shards" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         convert.main(["--src", str(tmp_path / "none*.tfrecord"), "--dst", str(dst)])
-    assert e.value.code == 1
+    assert e.value.code == 2  # a user error, as argparse
     assert "matched no files" in capsys.readouterr().err
 
 
