@@ -612,3 +612,15 @@ def test_launch_slurm_sbatch_trains_as_a_two_process_jax_cluster(tmp_path, monke
     assert (resolved["jax_processes"], resolved["jax_devices"]) == (2, 2), text[-3000:]
     lines = [json.loads(ln) for ln in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines] == [4]  # only process 0 writes
+
+
+def test_a_shipped_config_name_is_checked_and_passed_to_every_run(tmp_path, fake, capsys):
+    command, _ = fake
+    out = tmp_path / "sweep"
+    argv = ["--config", "yt8m:smoke", "--out", str(out), "--command", command, "--dry_run"]
+    assert cli.main([*argv, "--set", STEPS, "--parallel", "1"]) == 0
+    (line,) = capsys.readouterr().out.strip().splitlines()[-1:]
+    words = shlex.split(line)
+    assert words[words.index("--config") + 1] == "yt8m:smoke"  # each run resolves the name
+    assert cli.main(["--config", "yt8m:smok", "--out", str(tmp_path / "x"), "--dry_run"]) == 2
+    assert "unknown preset(s) ['smok']" in capsys.readouterr().err

@@ -188,7 +188,10 @@ def _launch(args: argparse.Namespace) -> int:
         if key == "seed" or key in dict(axes):
             raise SweepError(f"--set {key}=...: {key} is set per run (by --seeds or --grid)")
     path, colon, presets = args.config.partition(":")
-    config = os.path.abspath(os.path.expanduser(path)) + colon + presets
+    if os.path.exists(os.path.expanduser(path)):  # a file: absolute, as runs start elsewhere
+        config = os.path.abspath(os.path.expanduser(path)) + colon + presets
+    else:  # a shipped config's name (yt8m:frame), resolved by every run itself
+        config = args.config
     out = os.path.abspath(os.path.expanduser(args.out))
     if args.launcher == "slurm" and any(c.isspace() for c in out):
         raise SweepError(f"--out {out!r}: #SBATCH lines cannot hold a path with spaces")
