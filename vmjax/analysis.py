@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 
 import jax
@@ -114,13 +113,6 @@ class Run:
             return jax.nn.sigmoid(logits.astype(jnp.float32))
 
         return jax.jit(forward)
-
-
-def _read_metrics(path: str) -> list[dict]:
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def per_class_ap(scores: np.ndarray, labels: np.ndarray, k: int = 20) -> np.ndarray:

@@ -43,11 +43,7 @@ class Checkpointer:
     """
 
     def __init__(self, directory: str, keep: int):
-        if keep < 1:
-            raise RunDirectoryError(
-                f"config.keep_checkpoints={keep}; expected >= 1 (how many of the newest "
-                "checkpoints to keep; a run needs at least one to resume)"
-            )
+        check_keep(keep)
         self.directory = os.path.abspath(os.path.expanduser(directory))
         self.keep = keep
         self._manager = None
@@ -218,6 +214,15 @@ class Checkpointer:
             with open(target + ".why", "w") as f:
                 f.write(why + "\n")
         return target
+
+
+def check_keep(keep: int) -> None:
+    """RunDirectoryError unless keep (config.keep_checkpoints) is >= 1."""
+    if keep < 1:
+        raise RunDirectoryError(
+            f"config.keep_checkpoints={keep}; expected >= 1 (how many of the newest "
+            "checkpoints to keep; a run needs at least one to resume)"
+        )
 
 
 def _first_line(e: Exception) -> str:

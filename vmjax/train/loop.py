@@ -19,7 +19,7 @@ from vmjax.compress import distillation
 from vmjax.data import pipeline, synthetic
 from vmjax.train import inputs, logs, parallel, pretrained, setup
 from vmjax.train import state as state_lib
-from vmjax.train.checkpoint import Checkpointer, complete_steps
+from vmjax.train.checkpoint import Checkpointer, check_keep, complete_steps
 from vmjax.train.evaluate import evaluate
 from vmjax.train.fit import Task, fit
 from vmjax.train.inputs import resolve_data, train_stream
@@ -60,7 +60,7 @@ def train_and_evaluate(
         raise ValueError(
             f"config.on_nonfinite_loss={config.on_nonfinite_loss!r}; expected 'stop' or 'skip'"
         )
-    Checkpointer(run_lib.CHECKPOINTS, config.keep_checkpoints)  # checks keep_checkpoints >= 1
+    check_keep(config.keep_checkpoints)
     train_files, eval_files, data_dir = resolve_data(config)
     resolved = inputs.resolved_info(train_files, eval_files, data_dir)
     with run_lib.training(config, workdir, resolved, allow=allow, main_process=is_main) as run:
