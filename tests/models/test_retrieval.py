@@ -138,9 +138,8 @@ def test_infonce_rejects_mismatched_shapes():
 
 @pytest.fixture(scope="module")
 def report():
-    env = dict(
-        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"
-    )
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8"
+    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
     proc = subprocess.run(
         [sys.executable, "-m", "tests.train.retrieval_worker"],
         cwd=ROOT,
