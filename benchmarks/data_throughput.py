@@ -3,13 +3,19 @@
   python benchmarks/data_throughput.py --pattern '/tmp/yt8m/frame/train-*.tfrecord' --level frame
   python benchmarks/data_throughput.py --pattern GLOB --cores 1 --workers 0 \\
       --reference_python /tmp/tfvenv/bin/python      # per core, against TensorFlow's pipeline
+  python benchmarks/data_throughput.py --pattern GLOB --table [--reference_python PY]
 
 Runs vmjax's training pipeline (vmjax.data.pipeline.train_dataset: interleaved CRC-checked
 TFRecord reads, TF-free decoding, padding to max_frames, uint8 batches) for --seconds and prints
 `videos_per_s X` and `videos_per_s_per_core X`. With --reference_python, the same files also go
 through the YT8M starter's tf.data pipeline (benchmarks/tf_reference_pipeline.py, run by that
 Python, which must have TensorFlow) under the same CPU pinning, and `ratio X` is ours / theirs.
---cores K pins this process and the reference to the first K cores.
+--cores K pins this process and the reference to the first K cores. --workers defaults to the
+shipped config's data.workers ('auto': vmjax.data.pipeline.worker_count picks from the cores).
+
+--table runs one pinned subprocess per row (1 core, 2 cores, all cores) with that default
+worker setting, prints videos/s per row (and the reference's with --reference_python) and the
+2-core / 1-core ratio: how the defaults a user gets scale with cores.
 """
 
 import argparse
@@ -19,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from vmjax.configs import yt8m
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -26,7 +34,8 @@ def _log(msg: str) -> None:
     print(f"data_throughput: {msg}", file=sys.stderr, flush=True)
 
 
-def run_ours(args) -> float:
+def run_ours(args) -> tuple[float, int]:
+    """(videos/s, worker processes used)."""
     from vmjax.data import pipeline
 
     files = pipeline.resolve_files(args.pattern, "--pattern")
@@ -48,7 +57,8 @@ def run_ours(args) -> float:
         workers=args.workers,
     )
     it = iter(ds)
-    next(it)  # start-up (worker processes, first files) is not timed
+    for _ in range(max(ds.workers, 1)):  # start-up (worker processes, first files): not timed
+        next(it)
     videos, start = 0, time.perf_counter()
     while time.perf_counter() - start < args.seconds:
         batch = next(it)
@@ -56,7 +66,7 @@ def run_ours(args) -> float:
     seconds = time.perf_counter() - start
     if hasattr(it, "close"):
         it.close()
-    return videos / seconds
+    return videos / seconds, ds.workers
 
 
 def run_reference(args) -> float:
@@ -82,7 +92,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pattern", required=True, help="glob of YT8M TFRecord files")
     parser.add_argument("--level", default="frame", choices=["frame", "video"])
-    parser.add_argument("--workers", type=int, default=0, help="grain worker processes")
+    parser.add_argument(
+        "--workers",
+        type=_workers,
+        default=DEFAULT_WORKERS,
+        help=f"grain worker processes, or 'auto' (default: the config's {DEFAULT_WORKERS!r})",
+    )
+    parser.add_argument(
+        "--table", action="store_true", help="rows for 1, 2 and all cores (one process each)"
+    )
     parser.add_argument("--cores", type=int, default=0, help="pin to the first K cores (0: all)")
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--max_frames", type=int, default=300)
@@ -91,6 +109,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20, help="timed seconds per pipeline")
     parser.add_argument("--reference_python", help="a Python with TensorFlow, for the reference")
     args = parser.parse_args()
+    if args.table:
+        table(args)
+        return
     cores = sorted(os.sched_getaffinity(0))
     if args.cores:
         if args.cores > len(cores):
@@ -98,11 +119,12 @@ def main() -> None:
         cores = cores[: args.cores]
         os.sched_setaffinity(0, cores)
     _log(
-        f"{args.level} level, batch {args.batch_size}, {len(cores)} core(s), {args.workers} workers"
+        f"{args.level} level, batch {args.batch_size}, {len(cores)} core(s), "
+        f"data.workers={args.workers}"
     )
-    ours = run_ours(args)
+    ours, workers = run_ours(args)
     print(f"cores {len(cores)}")
-    print(f"workers {args.workers}")
+    print(f"workers {workers}")
     print(f"videos_per_s {ours:.1f}")
     print(f"videos_per_s_per_core {ours / len(cores):.1f}")
     if args.reference_python:
@@ -111,6 +133,67 @@ def main() -> None:
         print(f"reference_videos_per_s {theirs:.1f}")
         print(f"reference_videos_per_s_per_core {theirs / len(cores):.1f}")
         print(f"ratio {ours / theirs:.2f}")
+
+
+DEFAULT_WORKERS = yt8m.get_config().data.workers
+
+
+def _workers(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: give an int >= 0 or 'auto'")
+    return n
+
+
+def table(args) -> None:
+    """One pinned subprocess per core count; prints the rows and the 2-core / 1-core ratio."""
+    available = len(os.sched_getaffinity(0))
+    counts = sorted({k for k in (1, 2, available) if k <= available})
+    passed = [
+        f"--pattern={args.pattern}",
+        f"--level={args.level}",
+        f"--workers={args.workers}",
+        f"--batch_size={args.batch_size}",
+        f"--max_frames={args.max_frames}",
+        f"--num_classes={args.num_classes}",
+        f"--shuffle_buffer={args.shuffle_buffer}",
+        f"--seconds={args.seconds}",
+    ]
+    if args.reference_python:
+        passed.append(f"--reference_python={args.reference_python}")
+    rows = {}
+    for k in counts:
+        _log(f"row: {k} core(s)")
+        cmd = [sys.executable, str(Path(__file__).resolve()), *passed, f"--cores={k}"]
+        out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        if out.returncode:
+            raise SystemExit(f"the {k}-core run failed:\n{out.stderr[-3000:]}")
+        rows[k] = dict(line.split(" ", 1) for line in out.stdout.strip().splitlines())
+    ref = bool(args.reference_python)
+    print(
+        f"{args.level} level, batch {args.batch_size}, data.workers={args.workers}, "
+        f"{args.seconds:g} s per row"
+    )
+    header = f"{'cores':>5} {'workers':>7} {'videos/s':>10}"
+    print(header + (f" {'tf.data videos/s':>16} {'ours/tf.data':>12}" if ref else ""))
+    for k, row in rows.items():
+        line = f"{k:>5} {row['workers']:>7} {float(row['videos_per_s']):>10.1f}"
+        if ref:
+            theirs = float(row["reference_videos_per_s"])
+            line += f" {theirs:>16.1f} {float(row['ratio']):>12.2f}"
+        print(line)
+    if 1 in rows and 2 in rows:
+        one, two = float(rows[1]["videos_per_s"]), float(rows[2]["videos_per_s"])
+        print(f"2 cores / 1 core: {two / one:.2f}x")
+        if ref:
+            one = float(rows[1]["reference_videos_per_s"])
+            two = float(rows[2]["reference_videos_per_s"])
+            print(f"2 cores / 1 core (tf.data): {two / one:.2f}x")
 
 
 if __name__ == "__main__":

@@ -212,24 +212,10 @@ def test_example_batch_matches_real_batches(data_dir, level):
     assert all(real["ids"]) and real["ids"].dtype.kind == "U"
 
 
-def test_worker_processes_resume_exactly_and_state_is_json(data_dir):
-    import json
-
+def test_explicit_workers_need_as_many_files(data_dir):
+    # Worker processes, shared memory and exact resume: tests/data/test_workers.py.
     files = _files(data_dir, "frame", "train")
     kw = dict(batch_size=3, cycle_length=2, shuffle_buffer=4, prefetch=1, workers=2)
-    it = iter(_train(files, "frame", **kw))
-    for _ in range(3):
-        next(it)
-    state = json.loads(json.dumps(it.get_state()))  # as the checkpoint stores it
-    want = [next(it) for _ in range(12)]
-    it.close()
-    fresh = iter(_train(files, "frame", **kw))
-    fresh.set_state(state)
-    for w in want:
-        got = next(fresh)
-        for k in w:
-            np.testing.assert_array_equal(got[k], w[k])
-    fresh.close()
     with pytest.raises(ValueError, match="at least as many files"):
         _train(files[:1], "frame", **kw)
 
@@ -276,3 +262,103 @@ def test_random_windows_in_training_and_full_length_in_evaluation(data_dir):
     for row, rec in enumerate(first[:40]):
         t = min(len(rec["rgb"]), 8)
         np.testing.assert_array_equal(eval_batch["rgb"][row, :t], rec["rgb"][:t])
+
+
+def test_collate_scatters_labels_tokens_and_frames_per_batch():
+    spec = pipeline.BatchSpec("frame", 8, 3, 4, 100)
+    rgb = np.arange(2 * 1024).reshape(2, 1024).astype(np.uint8)
+    audio = np.full((2, 128), 7, np.uint8)
+    examples = [
+        {
+            "rgb": rgb,
+            "audio": audio,
+            "labels": np.array([5, 1]),
+            "text_tokens": np.array([9, 8, 7]),
+        },
+        {
+            "rgb": rgb[:0],
+            "audio": audio[:0],
+            "labels": np.zeros(0, np.int32),
+            "id": "b",
+            "text_tokens": np.zeros(0, np.int64),
+        },
+        {
+            "rgb": rgb[1:],
+            "audio": audio[1:],
+            "labels": np.array([7]),
+            "text_tokens": np.array([3]),
+            "id": "c",
+        },
+    ]
+    batch = pipeline.make_collate(spec, 4)(examples)
+    labels = np.zeros((4, 8), np.uint8)
+    labels[0, [1, 5]] = labels[2, 7] = 1
+    np.testing.assert_array_equal(batch["labels"], labels)
+    np.testing.assert_array_equal(
+        batch["text_tokens"], [[9, 8, 7, 0], [0, 0, 0, 0], [3, 0, 0, 0], [0, 0, 0, 0]]
+    )
+    np.testing.assert_array_equal(batch["text_mask"].sum(1), [3, 0, 1, 0])
+    np.testing.assert_array_equal(batch["num_frames"], [2, 0, 1, 0])
+    np.testing.assert_array_equal(batch["weights"], [1, 1, 1, 0])
+    np.testing.assert_array_equal(batch["ids"], ["", "b", "c", ""])
+    want = np.zeros((4, 3, 1024), np.uint8)
+    want[0, :2], want[2, :1] = rgb, rgb[1:]
+    np.testing.assert_array_equal(batch["rgb"], want)
+    assert batch["audio"][:, :, 0].tolist() == [[7, 7, 0], [0, 0, 0], [7, 0, 0], [0, 0, 0]]
+
+
+def test_video_records_decode_floats_from_the_wire_as_protobuf_does():
+    from google.protobuf import json_format
+
+    rng = np.random.default_rng(0)
+    rgb, audio = rng.normal(size=1024).astype(np.float32), rng.normal(size=128).astype(np.float32)
+    data = yt8m.encode_video_example("v1", [4, 2], rgb, audio, text_tokens=[7, 8])
+    fast = yt8m._fast_video(data)
+    assert fast is not None  # our encoder (and TF) write packed floats
+    got = yt8m.decode_video_example(data, num_classes=10)
+    np.testing.assert_array_equal(got["mean_rgb"], rgb)  # bit for bit
+    np.testing.assert_array_equal(got["mean_audio"], audio)
+    assert got["mean_rgb"].flags.writeable and got["mean_rgb"].dtype == np.float32
+    assert got["id"] == "v1" and got["labels"].tolist() == [4, 2]
+    assert got["text_tokens"].tolist() == [7, 8]
+    # Unpacked floats (valid protobuf, not the plain layout): the protobuf path, same values.
+    example = yt8m.tf_example_pb2.Example.FromString(data)
+    unpacked = b"".join(
+        b"\x0a" + _varint(len(entry)) + entry
+        for entry in (
+            _map_entry(key, example.features.feature[key], unpack=True)
+            for key in sorted(example.features.feature)
+        )
+    )
+    unpacked = b"\x0a" + _varint(len(unpacked)) + unpacked
+    assert json_format.MessageToDict(
+        yt8m.tf_example_pb2.Example.FromString(unpacked)
+    ) == json_format.MessageToDict(example)
+    assert yt8m._fast_video(unpacked) is None
+    slow = yt8m.decode_video_example(unpacked, num_classes=10)
+    for key in ("mean_rgb", "mean_audio", "labels", "text_tokens"):
+        np.testing.assert_array_equal(slow[key], got[key])
+    # A NaN on the fast path: the error names the field and the index.
+    nan = rgb.copy()
+    nan[5] = np.nan
+    with pytest.raises(
+        tfrecord.RecordError, match=r"mean_rgb.*non-finite value nan at index \(5,\)"
+    ):
+        yt8m.decode_video_example(yt8m.encode_video_example("v", [1], nan, audio))
+
+
+def _varint(n):
+    from vmjax.data import wire
+
+    return wire.varint(n)
+
+
+def _map_entry(key, feature, unpack=False):
+    """A Features map entry {1: key, 2: Feature}; unpack writes each float as its own field."""
+    if unpack and feature.WhichOneof("kind") == "float_list":
+        values = b"".join(b"\x0d" + np.float32(v).tobytes() for v in feature.float_list.value)
+        body = b"\x12" + _varint(len(values)) + values  # Feature.float_list, unpacked values
+    else:
+        body = feature.SerializeToString()
+    k = key.encode()
+    return b"\x0a" + _varint(len(k)) + k + b"\x12" + _varint(len(body)) + body

@@ -68,6 +68,7 @@ RULES: dict[str, Rule] = {
     "on_nonfinite_loss": OneOf(ON_NONFINITE),
     "divergence_factor": AnyOf(Float(0.0, 0.0), Float(1.0, lo_open=True)),  # 0: off
     "on_divergence": OneOf("vmjax.train.guards:DIVERGENCE_MODES"),
+    "divergence_max_skips": COUNT,
     "log_batches": Bool(),
     "data.format": OneOf(FORMATS),
     "data.train_pattern": Str(),
@@ -84,7 +85,7 @@ RULES: dict[str, Rule] = {
     "data.shuffle_buffer": NONNEG,  # 0 or 1: no shuffling
     "data.cycle_length": COUNT,
     "data.prefetch": NONNEG,
-    "data.workers": NONNEG,
+    "data.workers": AnyOf(NONNEG, OneOf(("auto",))),  # vmjax.data.pipeline.worker_count
     "data.read_threads": COUNT,
     "data.segment_classes": Str(),
     "data.segment_pad_past_end": Bool(),
@@ -136,12 +137,27 @@ RULES: dict[str, Rule] = {
     "model.patch_size": Seq(COUNT, 3),  # divides the clip (checks.py)
     "model.pixel_mean": PIXEL_MEAN,
     "model.pixel_std": PIXEL_STD,
+    # videomae_pixels (vmjax.models.videomae: VideoMAE's fields; vmjax.tools.from_transformers)
+    "model.videomae.num_layers": COUNT,
+    "model.videomae.hidden_size": COUNT,  # a multiple of num_heads
+    "model.videomae.num_heads": COUNT,
+    "model.videomae.mlp_dim": COUNT,
+    "model.videomae.patch_size": Seq(COUNT, 3),  # tubelet (time, height, width)
+    "model.videomae.pooling": OneOf("vmjax.models.videomae:POOLINGS"),
+    "model.videomae.layer_norm_epsilon": POSITIVE,
+    "model.videomae.fc_norm_epsilon": POSITIVE,
+    "model.videomae.approximate_gelu": Bool(),
+    "model.videomae.dropout": RATE,
+    "model.videomae.attention_dropout": RATE,
     "model.cnn.stage_sizes": Seq(COUNT),
     "model.cnn.width": COUNT,
     "model.cnn.norm": OneOf("vmjax.models.cnn:NORMS"),
     "model.cnn.num_groups": COUNT,  # divides every stage's width (checks.py)
     "model.cnn.pixel_mean": PIXEL_MEAN,
     "model.cnn.pixel_std": PIXEL_STD,
+    "eval.num_clips": COUNT,  # x eval.num_crops divides eval_batch_size (vmjax.data.views)
+    "eval.num_crops": AnyOf(Float(1, 1), Float(3, 3)),  # ints (the config types them)
+    "eval.average": OneOf("vmjax.data.views:AVERAGES"),
     "augment.temporal_crop": NONNEG,  # each augmentation: 0 / False is off
     "augment.temporal_jitter": NONNEG,
     "augment.frame_dropout": RATE,

@@ -32,6 +32,7 @@ import tensorflow_datasets as tfds
 from google.protobuf import message
 
 from vmjax.data import tfds_yt8m
+from vmjax.data import workers as workers_lib
 from vmjax.data.sharding import check_process, eval_slice, read_options, shuffle_seed
 from vmjax.data.tfrecord import RecordError
 
@@ -178,17 +179,8 @@ def train_dataset(
     ds = ds[process_index::process_count]
     ds = ds.batch(batch_size, drop_remainder=True, batch_fn=_batcher(decode, collate))
     out = ds.to_iter_dataset(read_options(prefetch, read_threads))
-    if workers:
-        from absl import flags
-
-        if not flags.FLAGS.is_parsed():  # grain reads its absl flags in the workers
-            flags.FLAGS.mark_as_parsed()
-        # Worker w prepares batches w, w + workers, ...; grain returns them in order.
-        return out.mp_prefetch(
-            grain.MultiprocessingOptions(
-                num_workers=workers, per_worker_buffer_size=max(prefetch, 1)
-            )
-        )
+    if workers:  # worker w prepares batches w, w + workers, ...; grain returns them in order
+        return workers_lib.in_processes(out, workers, prefetch)
     return out
 
 

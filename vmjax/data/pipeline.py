@@ -14,6 +14,11 @@ num_classes, a missing key) raises a RecordError naming file, record and field. 
 `BadRecords` counter (config.data.on_error='skip') such records are skipped instead: each
 is logged once and counted, the rest of a file whose framing is broken is skipped, and a
 batch that lost records is filled with zero-weight rows.
+
+Training uses every core by default: data.workers='auto' (see `worker_count`) reads, decodes and
+batches in grain worker processes, which write each batch straight into shared memory; the
+training process only maps it. The worker count travels with the iterator state, so a run
+resumes exactly on a machine with another number of cores.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import numpy as np
 from absl import logging
 
 from vmjax.data import streams, tfrecord, yt8m
+from vmjax.data import workers as workers_lib
 
 LEVELS = ("frame", "video")
 
@@ -36,6 +42,8 @@ LEVELS = ("frame", "video")
 ON_ERROR = ("raise", "skip")
 HOST_KEYS = ("ids",)  # batch entries that stay on the host (strings)
 FRAME_SAMPLINGS = ("first", "uniform", "window")
+AUTO = "auto"  # data.workers: pick the worker count from the cores (worker_count)
+MAX_AUTO_WORKERS = 16  # 'auto' stops here: each worker is a process with its own buffers
 
 
 class BadRecords:
@@ -79,6 +87,77 @@ def shard_files(files: Sequence[str], process_index: int, process_count: int) ->
             "write more shards"
         )
     return list(files[process_index::process_count])
+
+
+def available_cores() -> int:
+    """Cores this process may run on: its CPU affinity (taskset, cgroups' cpusets), else all."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no affinity on this platform
+        return os.cpu_count() or 1
+
+
+def shm_free_bytes() -> int | None:
+    """Free bytes in /dev/shm, where worker batches live; None where there is none to ask."""
+    try:
+        st = os.statvfs("/dev/shm")
+    except (AttributeError, OSError):
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def worker_count(
+    requested: int | str,
+    files: int | None = None,
+    cores: int | None = None,
+    *,
+    shm_free: int | None = None,
+    batch_bytes: int = 0,
+    prefetch: int = 2,
+) -> tuple[int, str]:
+    """(worker processes, why) for config.data.workers = `requested` (an int, or 'auto').
+
+    An int is taken as it is. 'auto' starts one worker per core of `cores` (default: this
+    process's CPU affinity), less one left to the training process from 4 cores up (below 4,
+    one worker fewer would cost a third to a half of the pipeline, and the training process
+    does little of the input work: it maps the workers' batches), at most MAX_AUTO_WORKERS,
+    at most `files` (each worker reads its own files), and no more than half of `shm_free`
+    bytes of shared memory holds (each worker keeps `prefetch` + 2 batches of `batch_bytes`).
+    Fewer than 2 is 0: a single worker would only move the same work to another process.
+    'auto' never fails; a low count says why.
+    """
+    if requested != AUTO:
+        return int(requested), f"data.workers={requested}"
+    cores = available_cores() if cores is None else cores
+    if cores < 2:
+        return 0, "data.workers='auto': 1 core, so batches are read in the training process"
+    n = cores - 1 if cores >= 4 else cores
+    why = [f"{cores} cores" + (", one left to the training process" if cores >= 4 else "")]
+    if n > MAX_AUTO_WORKERS:
+        n = MAX_AUTO_WORKERS
+        why.append(f"at most {MAX_AUTO_WORKERS} automatically (set data.workers for more)")
+    if files is not None and files < n:
+        n = files
+        why.append(f"{files} file(s) to read, one worker per file at most")
+    if shm_free is not None and batch_bytes > 0:
+        fits = (shm_free // 2) // ((max(prefetch, 1) + 2) * batch_bytes)
+        if fits < n:
+            n = fits
+            why.append(
+                f"/dev/shm has {shm_free >> 20} MiB free for batches of "
+                f"{max(batch_bytes >> 20, 1)} MiB"
+            )
+    if n < 2:
+        return 0, f"data.workers='auto': {'; '.join(why)}: reading in the training process"
+    return n, f"data.workers='auto': {n} worker processes ({'; '.join(why)})"
+
+
+def resolve_workers(requested: int | str, files: int | None = None, **kw) -> int:
+    """worker_count's number, logged once with its reason (for 'auto')."""
+    n, why = worker_count(requested, files, **kw)
+    if requested == AUTO:
+        logging.info("Input pipeline: %s", why)
+    return n
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,8 +235,8 @@ def make_decoder(spec: BatchSpec) -> Callable:
             keep = sample_frames(len(ex["rgb"]), spec.max_frames, spec.frame_sampling, key)
             out = {"rgb": ex["rgb"][keep], "audio": ex["audio"][keep]}
         tokens = ex["text_tokens"]
-        bad = (tokens < 0) | (tokens >= spec.text_vocab_size)
-        if bad.any():
+        bad = (tokens < 0) | (tokens >= spec.text_vocab_size) if len(tokens) else ()
+        if len(tokens) and bad.any():
             raise tfrecord.RecordError(
                 path,
                 index,
@@ -174,19 +253,37 @@ def make_decoder(spec: BatchSpec) -> Callable:
     return decode
 
 
-def make_collate(spec: BatchSpec, batch_size: int) -> Callable[[Sequence[dict]], dict]:
-    """Stacks examples into a batch padded to `batch_size` rows (weights 0 on padding)."""
+def make_collate(
+    spec: BatchSpec, batch_size: int, alloc: Callable = np.zeros
+) -> Callable[[Sequence[dict]], dict]:
+    """Stacks examples into a batch padded to `batch_size` rows (weights 0 on padding).
+
+    The small fields (labels, tokens, lengths) are set for the whole batch with one numpy
+    scatter each; frames are copied once, from the records' bytes into the batch. `alloc(shape,
+    dtype)` makes each zero-filled output array (shared memory in grain's worker processes).
+    """
+
+    def scatter(out: np.ndarray, values: list[np.ndarray]) -> np.ndarray:
+        """Writes values[r] into out[r, :len(values[r])]; returns the lengths."""
+        lengths = np.fromiter((len(v) for v in values), np.int64, len(values))
+        total = int(lengths.sum())
+        if total:
+            rows = np.repeat(np.arange(len(values)), lengths)
+            cols = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+            out[rows, cols] = np.concatenate(values)
+        return lengths
 
     def collate(examples: Sequence[dict]) -> dict:
         n = len(examples)
-        labels = np.zeros((batch_size, spec.num_classes), np.uint8)
-        text_tokens = np.zeros((batch_size, spec.max_text_tokens), np.int32)
+        labels = alloc((batch_size, spec.num_classes), np.uint8)
+        label_lists = [ex["labels"] for ex in examples]
+        counts = np.fromiter((len(v) for v in label_lists), np.int64, n)
+        if counts.sum():
+            labels[np.repeat(np.arange(n), counts), np.concatenate(label_lists)] = 1
+        text_tokens = alloc((batch_size, spec.max_text_tokens), np.int32)
         num_tokens = np.zeros(batch_size, np.int32)
-        for row, ex in enumerate(examples):
-            labels[row, ex["labels"]] = 1
-            num_tokens[row] = len(ex["text_tokens"])
-            text_tokens[row, : num_tokens[row]] = ex["text_tokens"]
-        weights = np.zeros(batch_size, np.float32)
+        num_tokens[:n] = scatter(text_tokens, [ex["text_tokens"] for ex in examples])
+        weights = alloc(batch_size, np.float32)
         weights[:n] = 1
         batch = {
             # Video ids as a fixed-width str array ('' on padding rows); they stay on the host.
@@ -198,8 +295,8 @@ def make_collate(spec: BatchSpec, batch_size: int) -> Callable[[Sequence[dict]],
         }
         if spec.level == "video":
             for key in ("rgb", "audio"):
-                out = np.zeros((batch_size, examples[0][key].shape[-1]), np.float32)
-                out[:n] = [ex[key] for ex in examples]
+                out = alloc((batch_size, examples[0][key].shape[-1]), np.float32)
+                np.stack([ex[key] for ex in examples], out=out[:n])
                 batch[key] = out
             return batch
         num_frames = np.zeros(batch_size, np.int32)
@@ -209,8 +306,8 @@ def make_collate(spec: BatchSpec, batch_size: int) -> Callable[[Sequence[dict]],
             # float. Each key decides alone: a record may hold uint8 rgb and float audio.
             is_float = any(ex[key].dtype != np.uint8 for ex in examples)
             dim = examples[0][key].shape[-1]
-            out = np.zeros((batch_size, spec.max_frames, dim), np.float32 if is_float else np.uint8)
-            for row, ex in enumerate(examples):
+            out = alloc((batch_size, spec.max_frames, dim), np.float32 if is_float else np.uint8)
+            for row, ex in enumerate(examples):  # one copy, from a view of the record bytes
                 x = ex[key]
                 out[row, : len(x)] = yt8m.dequantize(x) if is_float and x.dtype == np.uint8 else x
             batch[key] = out
@@ -221,33 +318,56 @@ def make_collate(spec: BatchSpec, batch_size: int) -> Callable[[Sequence[dict]],
     return collate
 
 
-def make_batcher(
-    spec: BatchSpec, batch_size: int, bad_records: BadRecords | None = None
-) -> Callable[[Sequence[tuple]], dict]:
-    """Decodes raw (path, index, offset, payload) records and collates them into a batch.
+class Batcher:
+    """Decodes raw (path, index, offset, payload[, visit]) records and collates them into a batch.
 
     One batch function instead of a per-record map stage keeps grain's per-element bookkeeping
     off the hot path. With `bad_records`, records that fail to decode are handed to it and left
-    out; their rows are padding (weight 0).
+    out; their rows are padding (weight 0). In grain's worker processes
+    (`enable_shared_memory_output`) the batch is written straight into shared memory, which the
+    training process maps without a copy.
     """
-    decode, collate = make_decoder(spec), make_collate(spec, batch_size)
 
-    def batch(items: Sequence[tuple]) -> dict:
-        if bad_records is None:
-            return collate([decode(item) for item in items])
+    def __init__(self, spec: BatchSpec, batch_size: int, bad_records: BadRecords | None = None):
+        self.spec, self.batch_size, self.bad_records = spec, batch_size, bad_records
+        self.shared_memory = False
+        self._decode = make_decoder(spec)
+
+    def enable_shared_memory_output(self) -> None:
+        """Called by grain in each worker process (grain's SupportsSharedMemoryOutput)."""
+        self.shared_memory = True
+
+    def _collate(self, examples: Sequence[dict]) -> dict:
+        # /dev/shm memory reads as zeros until written (POSIX ftruncate), like np.zeros.
+        alloc = _shared_zeros if self.shared_memory else np.zeros
+        return make_collate(self.spec, self.batch_size, alloc)(examples)
+
+    def __call__(self, items: Sequence[tuple]) -> dict:
+        if self.bad_records is None:
+            return self._collate([self._decode(item) for item in items])
         examples = []
         for item in items:
             try:
-                examples.append(decode(item))
+                examples.append(self._decode(item))
             except tfrecord.RecordError as e:
-                bad_records(e)
+                self.bad_records(e)
         if not examples:  # every record of the batch was bad: all padding
-            empty = example_batch(spec, batch_size)
+            empty = example_batch(self.spec, self.batch_size)
             empty["weights"][:] = 0
             return empty
-        return collate(examples)
+        return self._collate(examples)
 
-    return batch
+
+def _shared_zeros(shape, dtype) -> np.ndarray:
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    return grain.multiprocessing.SharedMemoryArray(shape, dtype)
+
+
+def make_batcher(
+    spec: BatchSpec, batch_size: int, bad_records: BadRecords | None = None
+) -> Batcher:
+    """A `Batcher`: raw records -> one batch (see there)."""
+    return Batcher(spec, batch_size, bad_records)
 
 
 def device_part(batch: dict) -> dict:
@@ -300,45 +420,95 @@ def train_dataset(
     shuffle_buffer: int,
     cycle_length: int,
     prefetch: int = 2,
-    workers: int = 0,
+    workers: int | str = 0,
     bad_records: BadRecords | None = None,
 ) -> grain.IterDataset:
     """An infinite, shuffled stream of training batches from this process's files.
 
     workers > 0 reads, decodes and batches in that many processes (grain's mp_prefetch), each
     on its own slice of the file list (so use at least that many files); 0 keeps it in this
-    process with `prefetch` batches prepared ahead in a thread.
+    process with `prefetch` batches prepared ahead in a thread; 'auto' picks the count from the
+    cores and files (`worker_count`). The batches depend on the worker count, so the iterator's
+    state keeps it and a restore rebuilds the pipeline with the saved count (`WorkerPipeline`).
     """
-    ds = streams.InterleavedRecords(
-        grain.MapDataset.source(list(files)),
-        cycle_length=min(cycle_length, len(files)),
-        seed=seed,
-        repeat=True,  # each epoch in a new file order
-        on_error=bad_records,
-    )
-    if shuffle_buffer > 1:  # of raw records; decoding happens per batch
-        ds = streams.WindowShuffle(ds, window_size=shuffle_buffer, seed=seed)
-    ds = ds.batch(
-        batch_size, drop_remainder=True, batch_fn=make_batcher(spec, batch_size, bad_records)
-    )
-    if workers:
-        if workers > len(files):
-            raise ValueError(
-                f"data.workers={workers} needs at least as many files; this process has "
-                f"{len(files)}"
-            )
-        from absl import flags
-
-        if not flags.FLAGS.is_parsed():  # grain reads its absl flags in the workers
-            flags.FLAGS.mark_as_parsed()
-        # Each worker reads a contiguous block of this process's files.
-        return ds.mp_prefetch(
-            grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=prefetch),
-            sequential_slice=True,
+    if workers == AUTO:
+        batch_bytes = batch_size * sum(v.nbytes for v in example_batch(spec, 1).values())
+        workers = resolve_workers(
+            AUTO, len(files), shm_free=shm_free_bytes(), batch_bytes=batch_bytes, prefetch=prefetch
         )
-    if prefetch:
-        ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch)
-    return ds
+    elif int(workers) > len(files):
+        raise ValueError(
+            f"data.workers={workers} needs at least as many files; this process has {len(files)}"
+        )
+
+    def build(num_workers: int) -> grain.IterDataset:
+        ds = streams.InterleavedRecords(
+            grain.MapDataset.source(list(files)),
+            cycle_length=min(cycle_length, len(files)),
+            seed=seed,
+            repeat=True,  # each epoch in a new file order
+            on_error=bad_records,
+        )
+        if shuffle_buffer > 1:  # of raw records; decoding happens per batch
+            ds = streams.WindowShuffle(ds, window_size=shuffle_buffer, seed=seed)
+        ds = ds.batch(
+            batch_size, drop_remainder=True, batch_fn=make_batcher(spec, batch_size, bad_records)
+        )
+        if num_workers:  # each worker reads a contiguous block of this process's files
+            return workers_lib.in_processes(ds, num_workers, prefetch, sequential_slice=True)
+        if prefetch:
+            ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch)
+        return ds
+
+    return WorkerPipeline(build, int(workers))
+
+
+class WorkerPipeline(grain.IterDataset):
+    """`build(workers)`'s dataset, whose iterator state records `workers`.
+
+    Which records make up a batch depends on the worker count (each worker reads its own
+    files), so a state restores exactly only into the same count. set_state rebuilds the
+    pipeline with the count the state was saved with (e.g. a run resumed on a machine with
+    other cores, where 'auto' picks another); states without one (older checkpoints) restore
+    into the pipeline as it is.
+    """
+
+    def __init__(self, build: Callable[[int], grain.IterDataset], workers: int):
+        super().__init__()
+        self._build, self.workers = build, workers
+
+    def __iter__(self) -> _WorkerPipelineIterator:
+        return _WorkerPipelineIterator(self._build, self.workers)
+
+
+class _WorkerPipelineIterator(grain.DatasetIterator):
+    def __init__(self, build: Callable[[int], grain.IterDataset], workers: int):
+        super().__init__(build(workers).__iter__())
+        self._build, self.workers = build, workers
+
+    def __next__(self) -> dict:
+        return next(self._parent)
+
+    def get_state(self) -> dict:
+        return {"workers": self.workers, "pipeline": self._parent.get_state()}
+
+    def set_state(self, state: dict) -> None:
+        if "workers" not in state or "pipeline" not in state:  # saved before the count was kept
+            self._parent.set_state(state)
+            return
+        saved = int(state["workers"])
+        if saved != self.workers:
+            logging.warning(
+                "Input pipeline: resuming with the %d worker process(es) the checkpoint was "
+                "saved with (this run asked for %d): the batches depend on the count",
+                saved,
+                self.workers,
+            )
+            self._parent.close()
+            self.workers = saved
+            self._parents = (self._build(saved).__iter__(),)
+            self._ctx = self._parent._ctx
+        self._parent.set_state(state["pipeline"])
 
 
 def eval_batches(

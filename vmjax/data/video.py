@@ -100,6 +100,70 @@ def decode_video(
     return out
 
 
+def decode_views(
+    path: str | os.PathLike[str],
+    *,
+    num_frames: int,
+    num_clips: int,
+    num_crops: int,
+    sampling: str = "uniform",
+    stride: int = 1,
+    fps: float = 1.0,
+    size: tuple[int, int] = (224, 224),
+) -> dict[str, Any]:
+    """The num_clips x num_crops test views of a video file (vmjax.data.views), no audio.
+
+    Only the frames some clip takes are converted, scaled (aspect kept) to cover `size`; the
+    views are then cut from them. With "fps" sampling the clips are windows of consecutive
+    frames of the 1/fps grid. 1 x 1 gives `decode_video`'s frames (centre crop).
+
+    Returns:
+      A dict with `frames` uint8 [V, num_frames, H, W, 3] (V = num_clips * num_crops, clip-major);
+      `mask` bool [V, num_frames]; `frame_indices` int64 [num_clips, num_frames] positions in the
+      decoded stream (-1 where padded); `crop_boxes` int64 [num_crops, 4] (top, left, height,
+      width) in the scaled frame of `scaled_size`; `fps` and `duration` of the source.
+    """
+    from vmjax.data import views
+
+    _check_args(num_frames, sampling, stride, fps, size, "center", None)
+    if size is None:
+        raise ValueError("decode_views needs size=(height, width) of the crops")
+    try:
+        count = _count_frames(path)
+        if sampling == "fps":  # every frame of the grid, then windows of it
+            source, _ = _decode_frames(path, count, "fps", 1, fps, size, "none", None)
+            taken = int(source["mask"].sum())
+            at = views.clip_indices(
+                taken, num_clips=num_clips, clip_frames=num_frames, sampling="stride"
+            )
+        else:
+            at = views.clip_indices(
+                count, num_clips=num_clips, clip_frames=num_frames, sampling=sampling, stride=stride
+            )
+            wanted = np.unique(at[at >= 0])
+            source, _ = _decode_frames(
+                path, len(wanted), sampling, stride, fps, size, "none", None, indices=wanted
+            )
+            at = np.where(at >= 0, np.searchsorted(wanted, at), -1)
+        # A header that promises more frames than the stream holds: the missing ones are padding.
+        at = np.where(at < int(source["mask"].sum()), at, -1)
+        boxes = views.crop_boxes(*source["scaled_size"], num_crops=num_crops, size=size)
+        taken = views.take_views(source["frames"], at, boxes)
+    except VideoError:
+        raise
+    except (av.error.FFmpegError, OSError, ValueError) as e:
+        raise VideoError(path, f"cannot decode: {type(e).__name__}: {e}") from e
+    return {
+        "frames": taken.pixels,
+        "mask": taken.mask,
+        "frame_indices": np.where(at >= 0, source["frame_indices"][at], -1),
+        "crop_boxes": boxes,
+        "scaled_size": source["scaled_size"],
+        "fps": source["fps"],
+        "duration": source["duration"],
+    }
+
+
 def log_mel(waveform: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """float32 [n, 96, 64] log-mel examples of a mono waveform, as VGGish's inputs.
 
@@ -209,9 +273,13 @@ def _scaled_size(height: int, width: int, size: tuple[int, int] | None) -> tuple
 
 
 def _decode_frames(
-    path, num_frames, sampling, stride, fps, size, crop, rng
+    path, num_frames, sampling, stride, fps, size, crop, rng, indices=None
 ) -> tuple[dict[str, Any], bool]:
-    """The frames part of `decode_video`'s result, and whether the file has an audio stream."""
+    """The frames part of `decode_video`'s result, and whether the file has an audio stream.
+
+    indices: increasing stream positions to take instead of `sampling`'s (decode_views).
+    crop: also "none": the whole frame, scaled to cover `size`.
+    """
     with _open(path) as container:
         if not container.streams.video:
             raise VideoError(path, "no video stream (not a video file?)")
@@ -221,7 +289,10 @@ def _decode_frames(
         source_fps = float(rate) if rate else math.nan
         duration = _duration(container, stream, source_fps)
         has_audio = bool(container.streams.audio)
-        wanted = _wanted_indices(sampling, num_frames, stride, path)
+        if indices is None:
+            wanted = _wanted_indices(sampling, num_frames, stride, path)
+        else:
+            wanted = indices
         limit = num_frames if wanted is None else len(wanted)
         if limit == 0:
             raise VideoError(path, "the video stream has no frames")
@@ -247,7 +318,7 @@ def _decode_frames(
                 continue
             if frames is None:
                 scaled = _scaled_size(frame.height, frame.width, size)
-                out_h, out_w = size if size is not None else scaled
+                out_h, out_w = size if size is not None and crop != "none" else scaled
                 top = min(int(position[0] * (scaled[0] - out_h + 1)), scaled[0] - out_h)
                 left = min(int(position[1] * (scaled[1] - out_w + 1)), scaled[1] - out_w)
                 box = (top, left, out_h, out_w)

@@ -13,7 +13,8 @@ source, so the same three things are exact.
   (the trainer checkpoints it with the model) continue with exactly the same batches, random
   crops included: a file's crop is drawn from a generator seeded by (seed, epoch, file index).
 
-Evaluation reads each process's contiguous block of the files once, in order, centre-cropped.
+Evaluation reads each process's contiguous block of the files once, in order, centre-cropped,
+or as several test views per video (`num_clips`, `num_crops`: vmjax.data.views).
 
 Sources of (path, labels):
 
@@ -39,6 +40,7 @@ import numpy as np
 from absl import logging
 
 from vmjax.data import video
+from vmjax.data import workers as workers_lib
 from vmjax.data.sharding import check_process, eval_slice, read_options, shuffle_seed
 
 Item = tuple[str, tuple[int, ...]]  # (video file path, class indices)
@@ -328,14 +330,31 @@ class _Batcher:
         seed: int,
         train: bool,
         bad_files: BadFiles | None,
+        num_clips: int = 1,
+        num_crops: int = 1,
     ):
         self.batch_size, self.num_classes, self.num_frames = batch_size, num_classes, num_frames
         self.size, self.sampling, self.stride, self.fps = size, sampling, stride, fps
         self.log_mel_examples, self.seed, self.train = log_mel_examples, seed, train
         self.bad_files = bad_files
+        self.num_clips, self.num_crops = num_clips, num_crops
+        self.num_views = num_clips * num_crops  # rows per video (vmjax.data.views)
 
     def decode(self, row: tuple) -> dict[str, Any]:
         index, path, labels, *epoch = row
+        if self.num_views > 1:  # evaluation only: the test views, one row each
+            clip = video.decode_views(
+                path,
+                num_frames=self.num_frames,
+                num_clips=self.num_clips,
+                num_crops=self.num_crops,
+                sampling=self.sampling,
+                stride=self.stride,
+                fps=self.fps,
+                size=self.size,
+            )
+            clip.update(path=path, labels=labels)
+            return clip
         rng = None
         if self.train:
             rng = np.random.default_rng([self.seed, _CROP_SALT, *epoch, index])
@@ -365,14 +384,16 @@ class _Batcher:
         return self.collate(clips)
 
     def collate(self, clips: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+        v = self.num_views
         batch = empty_batch(
-            batch_size=self.batch_size,
+            batch_size=self.batch_size * v,
             num_classes=self.num_classes,
             num_frames=self.num_frames,
             size=self.size,
             log_mel_examples=self.log_mel_examples,
         )
-        for row, clip in enumerate(clips):
+        for i, clip in enumerate(clips):
+            row = slice(i * v, (i + 1) * v)  # a video's views: consecutive rows
             batch["pixels"][row] = clip["frames"]
             batch["mask"][row] = clip["mask"]
             batch["labels"][row, list(clip["labels"])] = 1
@@ -382,8 +403,8 @@ class _Batcher:
                 batch["log_mel"][row, : len(examples)] = examples
                 batch["log_mel_mask"][row, : len(examples)] = True
         # File paths as a fixed-width str array ('' on padding rows); they stay on the host.
-        paths = [clip["path"] for clip in clips]
-        batch["ids"] = np.array(paths + [""] * (self.batch_size - len(clips)))
+        paths = [clip["path"] for clip in clips for _ in range(v)]
+        batch["ids"] = np.array(paths + [""] * (v * (self.batch_size - len(clips))))
         return batch
 
 
@@ -432,6 +453,8 @@ def video_dataset(
     prefetch: int = 2,
     read_threads: int = 1,
     workers: int = 0,
+    num_clips: int = 1,
+    num_crops: int = 1,
 ) -> grain.IterDataset:
     """This process's batches of decoded clips: with `train`, an infinite stream; else one pass.
 
@@ -454,6 +477,9 @@ def video_dataset(
       prefetch: batches prepared ahead (by `read_threads` threads, or per worker); 0 decodes
         each batch when it is asked for.
       workers: processes decoding batches (grain's mp_prefetch); 0 keeps it in this process.
+      num_clips, num_crops: evaluation only: read each video as num_clips x num_crops test
+        views (vmjax.data.views), its consecutive rows in a batch of batch_size x views rows,
+        each with the video's labels, weight and id.
 
     Returns:
       A grain IterDataset; `iter()` of it has `get_state`/`set_state` for exact resumption.
@@ -467,6 +493,12 @@ def video_dataset(
         bad_files = BadFiles()
     if shuffle and not train:
         raise ValueError("evaluation reads the files in order: shuffle needs train=True")
+    several = num_clips * num_crops > 1
+    if num_clips < 1 or num_crops < 1 or (several and (train or log_mel_examples)):
+        raise ValueError(
+            f"num_clips={num_clips}, num_crops={num_crops}: test views are >= 1 and, beyond "
+            "one, for evaluation (train=False) of pixels only (log_mel_examples=0)"
+        )
     if batch_size < 1 or log_mel_examples < 0 or workers < 0:
         raise ValueError(
             f"need batch_size >= 1, log_mel_examples >= 0, workers >= 0; got {batch_size}, "
@@ -488,6 +520,8 @@ def video_dataset(
         seed=seed,
         train=train,
         bad_files=bad_files,
+        num_clips=num_clips,
+        num_crops=num_crops,
     )
     ds = grain.MapDataset.source(source)
     if train:
@@ -508,14 +542,8 @@ def video_dataset(
     out = ds.to_iter_dataset(read_options(prefetch, read_threads))
     if not workers:
         return out
-    from absl import flags
-
-    if not flags.FLAGS.is_parsed():  # grain reads its absl flags in the workers
-        flags.FLAGS.mark_as_parsed()
     # Worker w prepares batches w, w + workers, ...; grain returns them in order.
-    return out.mp_prefetch(
-        grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=max(prefetch, 1))
-    )
+    return workers_lib.in_processes(out, workers, prefetch)
 
 
 def _size(size: int | tuple[int, int]) -> tuple[int, int]:

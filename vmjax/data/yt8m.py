@@ -244,11 +244,71 @@ def decode_video_example(
       num_classes: if given, labels outside [0, num_classes) are errors.
     """
     err = functools.partial(RecordError, path, index, offset)
+    fast = _fast_video(data)
+    if fast is not None:  # the usual layout: protobuf parses only id, labels and tokens
+        features_bytes, vectors = fast
+        out = _context(
+            _parse(tf_feature_pb2.Features, features_bytes, err).feature, err, num_classes
+        )
+        for key, values in vectors.items():
+            _check_finite(key, values, err, "index ")
+            out[key] = values
+        return out
     features = _parse(tf_example_pb2.Example, data, err).features.feature
     out = _context(features, err, num_classes)
     out["mean_rgb"] = _float_vector(features, "mean_rgb", RGB_DIM, err)
     out["mean_audio"] = _float_vector(features, "mean_audio", AUDIO_DIM, err)
     return out
+
+
+_VECTORS = {"mean_rgb": RGB_DIM, "mean_audio": AUDIO_DIM}
+
+
+def _fast_video(data: bytes) -> tuple[bytes, dict[str, np.ndarray]] | None:
+    """(the other features as a Features message, {'mean_rgb', 'mean_audio'} float32) of a
+    video-level Example, read with one np.frombuffer per vector; None for anything unusual.
+
+    Example = {1: Features}; Features = repeated {1: key, 2: Feature} map entries; a Feature's
+    float_list is field 2, a FloatList's values field 1, packed little-endian float32 (as TF
+    and our encoder write them). Through protobuf, each of the 1152 floats would become a
+    Python float first. Any other layout (unpacked or repeated fields, a wrong size or type)
+    returns None, and the protobuf path decodes it or names the problem.
+    """
+    try:
+        top = list(wire.len_fields(data, 0, len(data)))
+        if len(top) != 1 or top[0][0] != 1:
+            return None
+        others, vectors = bytearray(), {}
+        for field, start, end in wire.len_fields(data, top[0][1], top[0][2]):
+            parts = [(f, a, b) for f, a, b in wire.len_fields(data, start, end)]
+            fields = [f for f, _, _ in parts]
+            if field != 1 or fields not in ([1, 2], [1]):
+                return None
+            key = data[parts[0][1] : parts[0][2]].decode("utf-8")
+            if key not in _VECTORS:
+                others += b"\x0a" + wire.varint(end - start) + data[start:end]
+                continue
+            if key in vectors or len(parts) != 2:
+                return None
+            vectors[key] = _packed_floats(data, parts[1][1], parts[1][2], _VECTORS[key])
+            if vectors[key] is None:
+                return None
+        if len(vectors) != len(_VECTORS):
+            return None
+        return bytes(others), {key: vectors[key] for key in _VECTORS}
+    except (IndexError, ValueError, UnicodeDecodeError):
+        return None
+
+
+def _packed_floats(data: bytes, start: int, end: int, size: int) -> np.ndarray | None:
+    """float32[size] from a Feature's bytes holding just a packed float_list of `size` values."""
+    feature = list(wire.len_fields(data, start, end))
+    if len(feature) != 1 or feature[0][0] != 2:  # 2: float_list
+        return None
+    values = list(wire.len_fields(data, feature[0][1], feature[0][2]))
+    if len(values) != 1 or values[0][0] != 1 or values[0][2] - values[0][1] != 4 * size:
+        return None
+    return np.frombuffer(data, "<f4", count=size, offset=values[0][1]).astype(np.float32)
 
 
 def _frame_header(dim: int) -> np.ndarray:

@@ -1,0 +1,218 @@
+"""data.workers: the 'auto' count, worker processes, shared-memory batches, exact resume."""
+
+import glob
+import json
+import multiprocessing
+import os
+import signal
+import time
+
+import grain
+import numpy as np
+import pytest
+
+from vmjax.data import pipeline, synthetic, tfrecord, yt8m
+from vmjax.data import workers as workers_lib
+
+C = 3862
+MAX_FRAMES = 40
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("workers") / "data")
+    spec = synthetic.Spec(seed=2, num_train=48, num_validate=8, num_train_shards=4)
+    synthetic.generate(out, spec, workers=1, log=lambda *_: None)
+    return sorted(glob.glob(os.path.join(out, "frame", "train-*.tfrecord")))
+
+
+def _spec():
+    return pipeline.BatchSpec("frame", C, MAX_FRAMES, 32, 8192)
+
+
+def _train(files, workers):
+    return pipeline.train_dataset(
+        files,
+        _spec(),
+        batch_size=3,
+        seed=0,
+        shuffle_buffer=4,
+        cycle_length=2,
+        prefetch=1,
+        workers=workers,
+    )
+
+
+@pytest.mark.parametrize(
+    "cores, files, want",
+    [
+        (1, 100, 0),  # one core: everything in the training process
+        (2, 100, 2),  # 2 and 3 cores: a worker per core (the trainer needs little)
+        (3, 100, 3),
+        (4, 100, 3),  # from 4 cores one is left to the training process
+        (8, 100, 7),
+        (64, 1000, pipeline.MAX_AUTO_WORKERS),
+        (8, 5, 5),  # at most one worker per file
+        (8, 1, 0),  # one file: a single worker would only move the work elsewhere
+        (2, 1, 0),
+        (8, None, 7),  # no file cap (workers that take turns at batches)
+    ],
+)
+def test_auto_worker_count(cores, files, want):
+    n, why = pipeline.worker_count("auto", files, cores)
+    assert n == want
+    assert why.startswith("data.workers='auto'") and f"{cores} core" in why
+
+
+def test_explicit_worker_count_is_kept_and_shared_memory_caps_auto():
+    assert pipeline.worker_count(5, 2, 1) == (5, "data.workers=5")  # train_dataset checks files
+    assert pipeline.worker_count(0, 10, 16)[0] == 0
+    mib = 1 << 20
+    # Each worker holds prefetch + 2 batches; auto uses at most half of the free /dev/shm.
+    n, why = pipeline.worker_count("auto", 100, 8, shm_free=96 * mib, batch_bytes=4 * mib)
+    assert n == (96 // 2) // (4 * 4) == 3 and "/dev/shm has 96 MiB free" in why
+    n, why = pipeline.worker_count("auto", 100, 8, shm_free=8 * mib, batch_bytes=4 * mib)
+    assert n == 0 and "training process" in why
+    assert pipeline.worker_count("auto", 100, 8, shm_free=None, batch_bytes=4 * mib)[0] == 7
+
+
+def test_auto_follows_cpu_affinity(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
+    assert pipeline.available_cores() == 3
+    assert pipeline.worker_count("auto", 10) == (
+        3,
+        "data.workers='auto': 3 worker processes (3 cores)",
+    )
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {1}, raising=False)
+    assert pipeline.worker_count("auto", 10)[0] == 0
+
+
+def test_batcher_writes_shared_memory_with_the_same_contents(files):
+    spec = _spec()
+    items = [
+        (files[0], i, off, payload, 0)
+        for i, off, payload in list(tfrecord.read_records(files[0]))[:3]
+    ]
+    plain = pipeline.make_batcher(spec, 4)(items)
+    batcher = pipeline.make_batcher(spec, 4)
+    batcher.enable_shared_memory_output()  # as grain does in each worker process
+    shared = batcher(items)
+    for key, value in plain.items():
+        # The large arrays are allocated in shared memory; grain moves small ones itself.
+        if key in ("rgb", "audio", "labels", "text_tokens", "weights"):
+            assert isinstance(shared[key], grain.multiprocessing.SharedMemoryArray), key
+        np.testing.assert_array_equal(shared[key], value)
+        assert shared[key].dtype == value.dtype
+    assert (shared["rgb"][3] == 0).all() and shared["weights"][3] == 0  # padding row
+
+
+def _by_id(files):
+    out = {}
+    for k, path in enumerate(files):
+        for _, _, payload in tfrecord.read_records(path):
+            ex = yt8m.decode_frame_example(payload)
+            out[ex["id"]] = (k, ex)
+    return out
+
+
+def test_two_workers_run_in_parallel_share_memory_and_resume_exactly(files, monkeypatch):
+    monkeypatch.setattr(workers_lib, "WORKER_SIGNAL_GRACE", 1.5)
+    records = _by_id(files)
+    it = iter(_train(files, 2))
+    first = [next(it) for _ in range(4)]
+    workers = multiprocessing.active_children()
+    assert len({p.pid for p in workers if p.is_alive()}) >= 2  # both alive at the same time
+    # Worker w reads files [2w, 2w + 2); grain hands out their batches in turn.
+    for b, batch in enumerate(first):
+        assert isinstance(batch["rgb"], grain.multiprocessing.SharedMemoryArray)
+        for row, video_id in enumerate(batch["ids"]):
+            k, ex = records[str(video_id)]
+            assert k // 2 == b % 2, (b, k)
+            t = min(len(ex["rgb"]), MAX_FRAMES)
+            assert batch["num_frames"][row] == t
+            np.testing.assert_array_equal(batch["rgb"][row, :t], ex["rgb"][:t])
+            np.testing.assert_array_equal(batch["audio"][row, :t], ex["audio"][:t])
+            assert (batch["rgb"][row, t:] == 0).all()
+            np.testing.assert_array_equal(np.flatnonzero(batch["labels"][row]), ex["labels"])
+    state = json.loads(json.dumps(it.get_state()))  # as the checkpoint stores it
+    assert state["workers"] == 2
+    want = [next(it) for _ in range(6)]
+    # A SIGTERM to the process group (preemption) must not kill the workers under a training
+    # process that still waits for a batch; they go WORKER_SIGNAL_GRACE seconds later.
+    for p in workers:
+        os.kill(p.pid, signal.SIGTERM)
+    time.sleep(0.5)
+    assert all(p.is_alive() for p in workers)
+    for _ in range(4):
+        next(it)
+    deadline = time.monotonic() + 20
+    while any(p.is_alive() for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(p.is_alive() for p in workers)
+    it.close()
+    # Restored into a pipeline that asked for another count (another machine's 'auto', or 0):
+    # the saved count wins, and the continuation is the uninterrupted one.
+    again = iter(_train(files, 0))
+    again.set_state(state)
+    assert again.workers == 2
+    for w in want:
+        got = next(again)
+        for key in w:
+            np.testing.assert_array_equal(got[key], w[key])
+    again.close()
+
+
+def test_states_without_a_worker_count_restore_as_before(files):
+    it = iter(_train(files, 0))
+    next(it)
+    state = it.get_state()
+    want = next(it)
+    again = iter(_train(files, 0))
+    again.set_state(state["pipeline"])  # a checkpoint written before the count was kept
+    np.testing.assert_array_equal(next(again)["ids"], want["ids"])
+
+
+_HOLD_WORKERS = """
+import multiprocessing, sys, time
+from vmjax.data import pipeline
+
+if __name__ == "__main__":
+    spec = pipeline.BatchSpec("frame", 3862, 8, 4, 8192)
+    ds = pipeline.train_dataset(
+        sys.argv[1:], spec, batch_size=2, seed=0, shuffle_buffer=1, cycle_length=1, workers=2
+    )
+    it = iter(ds)
+    next(it)
+    print(*[p.pid for p in multiprocessing.active_children()], flush=True)
+    time.sleep(600)
+"""
+
+
+def test_workers_exit_when_the_training_process_is_killed(files, tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "hold.py"
+    script.write_text(_HOLD_WORKERS)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), *files], stdout=subprocess.PIPE, text=True
+    )
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    assert len(pids) >= 2, pids  # the workers (and grain's resource tracker)
+    proc.send_signal(signal.SIGKILL)  # no cleanup runs in the training process
+    proc.wait()
+    deadline = time.monotonic() + 20
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [p for p in alive if os.path.exists(f"/proc/{p}") and not _zombie(p)]
+    assert not alive, f"worker processes {alive} outlived their training process"
+    proc.stdout.close()
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False
