@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from vmjax import extract
+from vmjax import configs, extract
 from vmjax.data import synthetic_video, tfrecord, video, yt8m
 from vmjax.models.cnn import FrameResNet
 from vmjax.train import setup
@@ -269,11 +269,87 @@ def test_videos_longer_than_max_frames_are_cut_and_counted(run, videos, tmp_path
 
 def test_a_run_without_a_frame_encoder_is_a_clear_error(tmp_path, videos):
     root, _ = videos
-    config = _pixel_config("smoke")  # vivit_pixels: tubelets, no per-frame encoder
+    config = configs.get_config("yt8m:smoke")  # a mixture of experts on YT8M features
     with open(tmp_path / "config.json", "w") as f:
         json.dump({"config": json.loads(config.to_json_best_effort())}, f)
-    with pytest.raises(extract.ExtractError, match="'vivit_pixels'.*cnn_lstm"):
+    with pytest.raises(extract.ExtractError, match="'moe' reads YouTube-8M.*cnn_lstm"):
         extract.extract(str(root / "videos.csv"), str(tmp_path / "o"), str(tmp_path))
+
+
+@pytest.fixture(scope="module", params=["vivit", "videomae"])
+def clip_run(request, tmp_path_factory):
+    """(architecture, transformers model, processor, workdir) of a tiny converted classifier
+    with 4-frame clips (tests/tools/test_from_transformers_cli.py)."""
+    from tests.tools.test_from_transformers_cli import base_config, save_tiny_classifier
+    from vmjax.tools import from_transformers
+
+    folder = tmp_path_factory.mktemp(f"hf_{request.param}")
+    model, processor = save_tiny_classifier(request.param, folder)
+    workdir = str(tmp_path_factory.mktemp("clip_runs") / request.param)
+    config = base_config(tmp_path_factory.getbasetemp() / "video_cache")
+    from_transformers.convert_folder(str(folder), workdir, config, log=lambda _: None)
+    return request.param, model, processor, workdir
+
+
+def _reference_frame_features(architecture, model, processor, frames, clip_frames=4, pt=2):
+    """transformers' final tokens: per clip (the last padded with the last frame), the mean of
+    each time position's spatial tokens (VideoMAE: through fc_norm), for each of its frames."""
+    import torch
+
+    n = len(frames)
+    clips = frames[np.minimum(np.arange(-(-n // clip_frames) * clip_frames), n - 1)]
+    clips = clips.reshape(-1, clip_frames, *frames.shape[1:])
+    values = processor([list(c) for c in clips], return_tensors="np")["pixel_values"]
+    with torch.no_grad():
+        if architecture == "vivit":
+            tokens = model.vivit(pixel_values=torch.from_numpy(values)).last_hidden_state[:, 1:]
+        else:
+            tokens = model.videomae(pixel_values=torch.from_numpy(values)).last_hidden_state
+        nt = clip_frames // pt
+        per_time = tokens.reshape(len(clips), nt, -1, tokens.shape[-1]).mean(2)
+        if architecture == "videomae":
+            per_time = model.fc_norm(per_time)
+    per_frame = np.repeat(per_time.numpy(), pt, axis=1)  # [clips, clip_frames, D]
+    return per_frame.reshape(-1, per_frame.shape[-1])[:n]
+
+
+def test_clip_encoder_features_are_per_clip(clip_run):
+    """10 frames -> clips 0-3, 4-7, 8-9 (+ frame 9 twice): transformers' tokens, per frame."""
+    architecture, model, processor, workdir = clip_run
+    encoder = extract.load_encoder(workdir, batch_frames=8)  # 2 clips per call: 2 calls
+    assert (encoder.clip_frames, encoder.dim, encoder.model_name) == (
+        4,
+        16,
+        f"{architecture}_pixels",
+    )
+    rng = np.random.default_rng(3)
+    frames = rng.integers(0, 256, (10, 16, 16, 3), dtype=np.uint8)
+    features = encoder(frames)
+    assert features.shape == (10, 16)
+    want = _reference_frame_features(architecture, model, processor, frames)
+    np.testing.assert_allclose(features, want, atol=1e-4, rtol=0)
+    # A tubelet's frames share their temporal token.
+    np.testing.assert_array_equal(features[0], features[1])
+
+    changed = frames.copy()
+    changed[5] = 255 - changed[5]
+    moved = np.abs(encoder(changed) - features).max(axis=1)
+    assert np.all(moved[4:8] > 1e-3), moved  # frame 5's clip
+    assert np.all(moved[:4] < 1e-6) and np.all(moved[8:] < 1e-6), moved
+
+
+def test_extract_with_a_converted_clip_run(clip_run, videos, tmp_path):
+    architecture, _, _, workdir = clip_run
+    if architecture != "vivit":
+        pytest.skip("one clip model suffices for the records")
+    root, entries = videos
+    out = str(tmp_path / "out")
+    summary = extract.extract(str(root / "videos.csv"), out, workdir, progress=False)
+    assert summary["videos_written"] == len(entries)
+    records = _read(out, "frame")
+    for path, _ in entries:
+        seconds = 3 if "silent" in path else 2
+        assert records[path]["rgb"].shape == (seconds, 1024)
 
 
 def test_audio_patches_are_the_log_mel_of_each_second():

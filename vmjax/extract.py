@@ -1,13 +1,24 @@
-"""Your own videos -> YouTube-8M records, embedded by a trained pixel run's frame encoder.
+"""Your own videos -> YouTube-8M records, embedded by a trained pixel run's frame or clip encoder.
 
     python -m vmjax.extract --videos my_videos.csv --out features/ --workdir runs/cnn_lstm
+    python -m vmjax.extract --videos my_videos.csv --out features/ --workdir runs/vivit_b
 
 For each video of the `path,labels` CSV (vmjax.data.video_files.read_label_csv):
 
 1. decode one frame per second (`fps`) at the run's image size, centre-cropped, and the audio
    track at 16 kHz (vmjax.data.video.decode_video; `workers` processes decode);
 2. rgb: embed every frame with the run's per-frame image encoder (the `cnn` FrameResNet of a
-   cnn_lstm run), in this process;
+   cnn_lstm run), in this process. A clip encoder (the ViViT of a vivit_pixels run, the VideoMAE
+   of a videomae_pixels run, e.g. a transformers checkpoint converted by
+   vmjax.tools.from_transformers) reads clips of the run's data.num_frames frames: the video's
+   frames are tiled into consecutive clips, the last one padded by repeating the last frame,
+   and frame i's feature is the encoder's output for its temporal token: the mean of the
+   final (normalized) spatial tokens of that time position (ViViT; for factorised_encoder its
+   temporal token), or VideoMAE's pooling (fc_norm of the mean, or the mean of LN) over that
+   position's tokens, shared by the `patch_size[0]` frames of the tubelet. So a frame's
+   feature depends on its own clip only. The sampled frames are `fps` apart: a clip of a
+   32-frame K400 model spans 32 s at the default 1 fps, far slower than the ~12 frames per
+   second it was trained on (raise --fps for motion, at the cost of more frames per video);
    audio: the pixel models have no audio encoder, so the audio feature of frame i is the
    VGGish *input*, the 96 x 64 log-mel patch of the 0.96 s starting at i / fps, flattened to
    6144 values (vmjax.data.video.log_mel). Audio shorter than the frames is padded with
@@ -55,6 +66,8 @@ if TYPE_CHECKING:
 
 # Pixel models with a per-frame image encoder: model name -> the encoder's submodule name.
 FRAME_ENCODERS = {"cnn_lstm": "cnn"}
+# Pixel models with a clip encoder over data.num_frames frames: model name -> its submodule.
+CLIP_ENCODERS = {"vivit_pixels": "vivit", "videomae_pixels": "videomae"}
 ON_ERROR = ("raise", "skip")
 # YouTube-8M's feature extractor divides by sqrt(eigenvalue + 1e-4) when it whitens.
 WHITEN_EPSILON = 1e-4
@@ -153,28 +166,29 @@ def read_run_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def check_frame_encoder(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """The name of the run's per-frame encoder submodule; ExtractError when it has none."""
+    """The name of the run's frame or clip encoder submodule; ExtractError when it has none."""
     name = config.model.name
-    if name not in FRAME_ENCODERS:
-        kind = "has no per-frame image encoder"
-        if config.data.format != "video_files":
+    encoders = FRAME_ENCODERS | CLIP_ENCODERS
+    if name not in encoders or config.data.get("format") != "video_files":
+        kind = "has no frame or clip encoder"
+        if config.data.get("format") != "video_files":
             kind = "reads YouTube-8M features, not pixels"
-        supported = ", ".join(f"{m} (its `{s}` FrameResNet)" for m, s in FRAME_ENCODERS.items())
+        supported = ", ".join(f"{m} (its `{s}`)" for m, s in encoders.items())
         raise ExtractError(
-            f"{workdir}: the run's model {name!r} {kind}; extract embeds frames with the image "
+            f"{workdir}: the run's model {name!r} {kind}; extract embeds frames with the "
             f"encoder of: {supported}"
         )
-    return FRAME_ENCODERS[name]
+    return encoders[name]
 
 
 @dataclasses.dataclass
 class FrameEncoder:
-    """A trained run's per-frame image encoder: uint8 frames [T, H, W, 3] -> float32 [T, dim].
+    """A trained run's frame (or clip) encoder: uint8 frames [T, H, W, 3] -> float32 [T, dim].
 
     Frames go through in chunks of `batch_frames`, a short chunk padded to the next power of
     two (masked), so that a handful of shapes are compiled. Frames are independent (GroupNorm,
     or BatchNorm with running averages), so the chunking changes the features by float
-    rounding at most.
+    rounding at most. With `clip_frames` > 0 the encoder reads whole clips (module docstring).
     """
 
     model_name: str
@@ -183,9 +197,14 @@ class FrameEncoder:
     dim: int
     batch_frames: int
     variables: Any
-    apply: Callable  # jitted (variables, pixels [1, n, H, W, 3], mask [1, n]) -> [1, n, dim]
+    # jitted (variables, pixels [1, n, H, W, 3], mask [1, n]) -> [1, n, dim]; for a clip encoder
+    # (variables, clips [n, clip_frames, H, W, 3]) -> [n, clip_frames, dim]
+    apply: Callable
+    clip_frames: int = 0
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
+        if self.clip_frames:
+            return self._clips(frames)
         out = np.zeros([len(frames), self.dim], np.float32)
         for start in range(0, len(frames), self.batch_frames):
             chunk = frames[start : start + self.batch_frames]
@@ -196,6 +215,28 @@ class FrameEncoder:
             embeddings = self.apply(self.variables, pixels, mask)
             out[start : start + len(chunk)] = np.asarray(embeddings)[0, : len(chunk)]
         return out
+
+    def _clips(self, frames: np.ndarray) -> np.ndarray:
+        """Consecutive clips of `clip_frames` (the last padded with the last frame) -> [T, dim]."""
+        n, size = len(frames), self.clip_frames
+        if n == 0:
+            return np.zeros([0, self.dim], np.float32)
+        num_clips = -(-n // size)
+        clips = frames[np.minimum(np.arange(num_clips * size), n - 1)]
+        clips = clips.reshape(num_clips, size, *frames.shape[1:])
+        per_call = max(1, self.batch_frames // size)
+        out = np.zeros([num_clips, size, self.dim], np.float32)
+        for start in range(0, num_clips, per_call):
+            chunk = clips[start : start + per_call]
+            # Padded with black clips to a power of two: a few compiled shapes; clips are
+            # encoded independently, so the padding changes nothing else.
+            count = min(per_call, 1 << (len(chunk) - 1).bit_length())
+            batch = np.zeros([count, *chunk.shape[1:]], np.uint8)
+            batch[: len(chunk)] = chunk
+            out[start : start + len(chunk)] = np.asarray(self.apply(self.variables, batch))[
+                : len(chunk)
+            ]
+        return out.reshape(num_clips * size, self.dim)[:n]
 
 
 def load_encoder(workdir: str, step: int | None = None, batch_frames: int = 64) -> FrameEncoder:
@@ -218,15 +259,75 @@ def load_encoder(workdir: str, step: int | None = None, batch_frames: int = 64) 
     # Non-parameter collections (BatchNorm's batch_stats) of the encoder, in eval mode.
     variables |= {k: v[sub] for k, v in run.model_state.items() if sub in v}
     variables = jax.device_get(variables)
-    apply = _jitted_encoder(json.dumps(getattr(model, sub), sort_keys=True))
     size = config.data.image_size
     size = (size, size) if isinstance(size, int) else tuple(size)
-    probe = jax.eval_shape(
-        apply, variables, np.zeros([1, 1, *size, 3], np.uint8), np.ones([1, 1], bool)
-    )
+    clip_frames = 0
+    if config.model.name in CLIP_ENCODERS:
+        clip_frames = int(config.data.num_frames)
+        apply = _jitted_clip_encoder(config.model.name, json.dumps(_clip_fields(model)))
+        probe = jax.eval_shape(apply, variables, np.zeros([1, clip_frames, *size, 3], np.uint8))
+    else:
+        apply = _jitted_encoder(json.dumps(getattr(model, sub), sort_keys=True))
+        probe = jax.eval_shape(
+            apply, variables, np.zeros([1, 1, *size, 3], np.uint8), np.ones([1, 1], bool)
+        )
     return FrameEncoder(
-        config.model.name, int(step), size, probe.shape[-1], batch_frames, variables, apply
+        config.model.name,
+        int(step),
+        size,
+        probe.shape[-1],
+        batch_frames,
+        variables,
+        apply,
+        clip_frames,
     )
+
+
+def _clip_fields(model) -> dict:
+    """A clip model's encoder fields and pixel normalization (JSON: the jit cache's key)."""
+    from vmjax.models.vivit import ViViTEncoder
+
+    fields = {"pixel_mean": list(model.pixel_mean), "pixel_std": list(model.pixel_std)}
+    if hasattr(model, "videomae"):
+        return fields | {"videomae": dict(model.videomae)}
+    names = [f for f in ViViTEncoder.__dataclass_fields__ if f not in ("parent", "name")]
+    return fields | {"vivit": {f: getattr(model, f) for f in names if hasattr(model, f)}}
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_clip_encoder(model_name: str, fields: str) -> Callable:
+    """The jitted clip encoder: uint8 clips [n, F, H, W, 3] -> per-frame features [n, F, D]."""
+    import einops
+    import jax
+    import jax.numpy as jnp
+
+    from vmjax.models.cnn import normalize_pixels
+    from vmjax.models.videomae import VideoMAE, encoder_fields
+    from vmjax.models.vivit import ViViTEncoder
+
+    spec = json.loads(fields)
+    mean, std = tuple(spec["pixel_mean"]), tuple(spec["pixel_std"])
+    if model_name == "videomae_pixels":
+        kwargs = encoder_fields(spec["videomae"])
+        encoder = VideoMAE(**kwargs)
+        pt = tuple(kwargs.get("patch_size", (2, 16, 16)))[0]
+    else:
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["vivit"].items()}
+        encoder = ViViTEncoder(**kwargs)
+        pt = kwargs["patch_size"][0]
+
+    @jax.jit
+    def apply(variables, clips):
+        x = normalize_pixels(clips, mean, std)
+        if model_name == "videomae_pixels":
+            _, per_time = encoder.apply(variables, x, train=False, return_time_features=True)
+        else:
+            _, tokens = encoder.apply(variables, x, train=False, return_tokens=True)
+            per_time = jnp.mean(tokens, axis=2)  # [n, nt, ns, D] -> [n, nt, D]
+        # One temporal token covers the pt frames of its tubelet.
+        return einops.repeat(per_time, "n t d -> n (t pt) d", pt=pt)
+
+    return apply
 
 
 @functools.lru_cache(maxsize=8)
@@ -447,9 +548,10 @@ def extract(
         return summary | {"videos_written": 0, "skipped": []}
 
     encoder = load_encoder(workdir, step, batch_frames)
+    clips = f" in clips of {encoder.clip_frames}" if encoder.clip_frames else ""
     log(
         f"Encoder: {encoder.model_name} step {encoder.step} of {workdir}, frames "
-        f"{encoder.image_size[0]}x{encoder.image_size[1]} -> {encoder.dim} dims"
+        f"{encoder.image_size[0]}x{encoder.image_size[1]}{clips} -> {encoder.dim} dims"
     )
     decode_fn = functools.partial(decode, fps=fps, max_frames=max_frames, size=encoder.image_size)
     pca_path = os.path.join(out, PCA_FILE)
@@ -632,7 +734,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Turn your own videos into YouTube-8M records (1024-d rgb, 128-d audio per second,\n"
-            "quantized to uint8) with the frame encoder of a trained pixel run (cnn_lstm).\n"
+            "quantized to uint8) with the frame encoder of a trained pixel run (cnn_lstm) or the\n"
+            "clip encoder of a vivit_pixels / videomae_pixels run (e.g. converted from\n"
+            "transformers by vmjax.tools.from_transformers: one feature per frame, see docs).\n"
             "Audio features are PCA'd VGGish-input log-mel patches (there is no audio encoder)."
         ),
         epilog=(
@@ -667,7 +771,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         default="raise",
         help="unreadable videos: raise (naming the file) or skip (listed in DIR/skipped.txt)",
     )
-    parser.add_argument("--batch_frames", type=int, default=64, help="frames per encoder call")
+    parser.add_argument(
+        "--batch_frames", type=int, default=64, help="frames per encoder call (whole clips)"
+    )
     parser.add_argument(
         "--num_classes", type=int, default=None, help="label range (default: the run's)"
     )

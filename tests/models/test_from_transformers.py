@@ -195,3 +195,63 @@ def test_joint_position_table():
     encoder = ViViT("factorised_encoder", 1, 8, 2, 16, num_temporal_layers=1, posemb_layout="joint")
     with pytest.raises(ValueError, match="posemb_layout='joint'"):
         encoder.init(jax.random.key(0), tokens, train=False)
+
+
+def test_pixel_normalization_is_the_processors_on_unit_pixels():
+    """(x - mean) / std on x = p / 255 equals the processor's ((p r - o) - m) / s, by hand."""
+    vivit, videomae = from_transformers.VIVIT, from_transformers.VIDEOMAE
+    # ViViT's defaults: p / 127.5 - 1, then (y - 0.5) / 0.5: x = 0 -> -3, x = 1 -> 1.
+    mean, std = from_transformers.pixel_normalization(vivit, None)
+    assert mean == (0.75,) * 3 and std == (0.25,) * 3
+    assert (0 - 0.75) / 0.25 == -3 and (1 - 0.75) / 0.25 == 1
+    mean, std = from_transformers.pixel_normalization(videomae, None)
+    assert mean == (0.485, 0.456, 0.406) and std == (0.229, 0.224, 0.225)
+    # No normalization: ViViT's [-1, 1] alone is (x - 0.5) / 0.5.
+    mean, std = from_transformers.pixel_normalization(vivit, {"do_normalize": False})
+    assert mean == (0.5,) * 3 and std == (0.5,) * 3
+    # No rescaling: the processor normalizes raw [0, 255] values, (255 x - m) / s.
+    processor = {"do_rescale": False, "image_mean": [51.0] * 3, "image_std": [25.5] * 3}
+    mean, std = from_transformers.pixel_normalization(videomae, processor)
+    np.testing.assert_allclose(mean, [0.2] * 3) and np.testing.assert_allclose(std, [0.1] * 3)
+    with pytest.raises(ValueError, match="image_std"):
+        from_transformers.pixel_normalization(videomae, {"image_std": [0.2, 0.0, 0.2]})
+
+
+def test_labels_of():
+    assert from_transformers.labels_of({"id2label": {"0": "LABEL_0", "1": "LABEL_1"}}, 2) is None
+    names = {"1": "b", "0": "a"}
+    assert from_transformers.labels_of({"id2label": names}, 2) == ["a", "b"]
+
+
+def test_videomae_pixels_reads_masked_frames_as_the_mean_colour():
+    """Registry model 'videomae_pixels': a masked frame is the same input as a frame painted in
+    pixel_mean (0 after normalization), and it changes the logits (it still is a token)."""
+    import ml_collections
+
+    from vmjax.models import build_model
+
+    mean = (0.2, 0.4, 0.6)
+    config = ml_collections.ConfigDict(
+        {
+            "name": "videomae_pixels",
+            "videomae": {
+                "num_layers": 1,
+                "hidden_size": 8,
+                "num_heads": 2,
+                "mlp_dim": 16,
+                "patch_size": [2, 4, 4],
+            },
+            "pixel_mean": mean,
+            "pixel_std": (0.5, 0.5, 0.5),
+        }
+    )
+    model = build_model(config, 3)
+    pixels = np.random.default_rng(0).uniform(size=(1, 4, 8, 8, 3)).astype(np.float32)
+    variables = model.init(jax.random.key(0), {"pixels": pixels}, train=False)
+    mask = np.array([[True, True, False, False]])
+    painted = pixels.copy()
+    painted[:, 2:] = mean
+    apply = jax.jit(lambda p, m: model.apply(variables, {"pixels": p, "mask": m}, train=False))
+    masked = apply(pixels, mask)
+    np.testing.assert_allclose(masked, apply(painted, np.ones_like(mask)), atol=1e-6)
+    assert np.abs(masked - apply(pixels, np.ones_like(mask))).max() > 1e-4

@@ -67,6 +67,8 @@ def _config_cases() -> list:
     cases = []
     for path in sorted(p for p in CONFIGS.glob("*.py") if not p.name.startswith("_")):
         module = configs.load_module(path)
+        if hasattr(module, "ARGUMENT"):  # run.py reads a run directory: tested with one below
+            continue
         presets = (*getattr(module, "PRESETS", ()), *getattr(module, "METHOD_PRESETS", ()))
         # compress.py takes exactly one method preset; every other file also runs bare.
         bare = () if hasattr(module, "METHOD_PRESETS") else ("",)

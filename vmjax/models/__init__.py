@@ -24,6 +24,7 @@ from vmjax.models.classifiers import (
     ViViTModel,
     ViViTPixels,
 )
+from vmjax.models.videomae import VideoMAEPixels
 
 MODELS: dict[str, type[nn.Module]] = {
     "logistic": VideoLogistic,
@@ -44,6 +45,7 @@ LEVEL = {name: "video" if name in ("logistic", "moe") else "frame" for name in M
 PIXEL_MODELS: dict[str, type[nn.Module]] = {
     "cnn_lstm": CnnLstm,
     "vivit_pixels": ViViTPixels,
+    "videomae_pixels": VideoMAEPixels,  # transformers' VideoMAE (vmjax.tools.from_transformers)
 }
 
 # Dataclass fields every Linen module has that are not model hyper-parameters.

@@ -11,8 +11,15 @@ memory (`vivit.layers.0.attention.q_proj`, `...query.bias`).
 
 `load_folder(path)` reads a folder written by `save_pretrained` (config.json, model.safetensors
 or its shards; pytorch_model.bin only where torch is installed) without transformers.
+
+`for_registry(hf_config, state_dict, processor)` gives the same weights as a model the registry
+(vmjax.models.build_model) builds from a config: a ViViT as 'vivit_pixels' (Model 1, joint
+positions, CLS pooling), a VideoMAE as 'videomae_pixels', each normalizing uint8 pixels as the
+checkpoint's image processor does (`pixel_normalization`). vmjax.tools.from_transformers
+writes that into a run directory.
 """
 
+import dataclasses
 import importlib.util
 import json
 import pathlib
@@ -24,6 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
 from vmjax.models.videomae import VideoMAE
@@ -38,6 +46,33 @@ _BY_MODEL_TYPE = {"vivit": VIVIT, "videomae": VIDEOMAE}
 # of the exact erf GELU.
 _TANH_GELUS = ("gelu_fast", "gelu_new", "gelu_pytorch_tanh")
 _ERF_GELUS = ("gelu",)
+# transformers' image processors' defaults, used where a folder has no preprocessor_config.json:
+# ViViT rescales to [-1, 1] (factor 1/127.5, then minus 1: `offset`) and *then* normalizes by
+# 0.5 / 0.5 as well, as google/vivit-b-16x2-kinetics400's processor does; VideoMAE scales to
+# [0, 1] and normalizes by ImageNet's statistics.
+PROCESSOR_CONFIG = "preprocessor_config.json"
+_PROCESSOR_DEFAULTS = {
+    VIVIT: {
+        "do_rescale": True,
+        "rescale_factor": 1 / 127.5,
+        "offset": True,
+        "do_normalize": True,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+    },
+    VIDEOMAE: {
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "offset": False,
+        "do_normalize": True,
+        "image_mean": [0.485, 0.456, 0.406],
+        "image_std": [0.229, 0.224, 0.225],
+    },
+}
+# The registry's model names and the top-level parameter subtree of their encoder (what a
+# fine-tuning run's init_from.modules names).
+REGISTRY_NAMES = {VIVIT: "vivit_pixels", VIDEOMAE: "videomae_pixels"}
+ENCODER_MODULES = {VIVIT: "vivit", VIDEOMAE: "videomae"}
 # The project's transformer.Encoder keeps Flax's LayerNorm epsilon.
 _FLAX_LAYER_NORM_EPS = 1e-6
 # transformers 5 names some tensors differently in memory than in checkpoint files (it renames on
@@ -429,24 +464,42 @@ def _load_torch_bin(file: pathlib.Path) -> dict[str, np.ndarray]:
     return {k: v.detach().float().numpy() for k, v in state.items()}
 
 
+def read_config(path: str | pathlib.Path) -> dict:
+    """The config.json of a transformers `save_pretrained` folder."""
+    config_file = pathlib.Path(path) / "config.json"
+    if not config_file.is_file():
+        raise ValueError(
+            f"{path} has no config.json; expected a folder written by transformers' "
+            "save_pretrained (config.json + model.safetensors)"
+        )
+    try:
+        hf_config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{config_file} is not JSON ({e})") from None
+    if not isinstance(hf_config, dict):
+        raise ValueError(f"{config_file} holds {type(hf_config).__name__}; expected an object")
+    return hf_config
+
+
+def _load_safetensors(file: pathlib.Path) -> dict[str, np.ndarray]:
+    try:
+        return load_file(file)
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{file} is not a readable safetensors file ({e})") from None
+
+
 def load_folder(path: str | pathlib.Path) -> tuple[dict, dict[str, np.ndarray]]:
     """`(hf_config, state_dict)` of a transformers `save_pretrained` folder, for `convert`."""
     folder = pathlib.Path(path)
-    config_file = folder / "config.json"
-    if not config_file.is_file():
-        raise ValueError(
-            f"{folder} has no config.json; expected a folder written by transformers' "
-            "save_pretrained (config.json + model.safetensors)"
-        )
-    hf_config = json.loads(config_file.read_text())
+    hf_config = read_config(folder)
     single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
     if single.is_file():
-        return hf_config, load_file(single)
+        return hf_config, _load_safetensors(single)
     if index.is_file():
         shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         state: dict[str, np.ndarray] = {}
         for shard in shards:
-            state.update(load_file(folder / shard))
+            state.update(_load_safetensors(folder / shard))
         return hf_config, state
     if (folder / "pytorch_model.bin").is_file():
         return hf_config, _load_torch_bin(folder / "pytorch_model.bin")
@@ -454,3 +507,118 @@ def load_folder(path: str | pathlib.Path) -> tuple[dict, dict[str, np.ndarray]]:
         f"{folder} has config.json but no weights; expected model.safetensors, "
         "model.safetensors.index.json with its shards, or pytorch_model.bin"
     )
+
+
+def pixel_normalization(
+    architecture: str, processor: Mapping[str, Any] | None
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(pixel_mean, pixel_std) on [0, 1] pixels with which `(x - mean) / std` is the processor's
+    pixel_values.
+
+    The processor maps p in [0, 255] to ((p r - o) - m) / s (r: rescale_factor, o: 1 with
+    ViViT's `offset`, else 0; m, s: image_mean, image_std; r = 1, o = 0 without do_rescale and
+    m = 0, s = 1 without do_normalize). With x = p / 255 that is
+    (x - (o + m) / (255 r)) / (s / (255 r)). processor: its preprocessor_config.json (None: the
+    processor class's defaults).
+    """
+    cfg = _PROCESSOR_DEFAULTS[architecture] | dict(processor or {})
+    rescale = float(cfg["rescale_factor"]) if cfg["do_rescale"] else 1.0
+    offset = 1.0 if cfg["do_rescale"] and cfg.get("offset", False) else 0.0
+    mean, std = [0.0] * 3, [1.0] * 3
+    if cfg["do_normalize"]:
+        mean, std = cfg["image_mean"], cfg["image_std"]
+        mean = [mean] * 3 if isinstance(mean, int | float) else list(mean)
+        std = [std] * 3 if isinstance(std, int | float) else list(std)
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0 or rescale <= 0:
+        raise ValueError(
+            f"{PROCESSOR_CONFIG}: image_mean={mean}, image_std={std}, rescale_factor={rescale}; "
+            "expected 3 means, 3 positive stds and a positive rescale_factor"
+        )
+    scale = 255.0 * rescale
+    return (
+        tuple(round((offset + m) / scale, 12) for m in mean),
+        tuple(round(s / scale, 12) for s in std),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class RegistryModel:
+    """A converted checkpoint as a run's config describes it, and its parameters.
+
+    model: the config's `model` section (build_model(model, num_classes) builds it);
+    params: that model's parameter tree; encoder: its encoder's top-level subtree name;
+    labels: the checkpoint's class names by index (id2label), or None.
+    """
+
+    architecture: str
+    model: dict
+    params: dict
+    encoder: str
+    num_frames: int
+    image_size: tuple[int, int]
+    num_classes: int
+    labels: list[str] | None
+
+
+def _fields(module: nn.Module) -> dict:
+    return {
+        f.name: getattr(module, f.name)
+        for f in dataclasses.fields(module)
+        if f.name not in ("parent", "name")
+    }
+
+
+def labels_of(hf_config: Mapping[str, Any], num_labels: int) -> list[str] | None:
+    """id2label as a list by index; None where it has only transformers' LABEL_<i> placeholders."""
+    id2label = hf_config.get("id2label") or {}
+    names = [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(num_labels)]
+    return None if names == [f"LABEL_{i}" for i in range(num_labels)] else names
+
+
+def for_registry(
+    hf_config: Mapping[str, Any],
+    state_dict: Mapping[str, np.ndarray],
+    processor: Mapping[str, Any] | None = None,
+) -> RegistryModel:
+    """`convert`'s weights as the registry model 'vivit_pixels' or 'videomae_pixels'.
+
+    processor: the folder's preprocessor_config.json (None: the processor class's defaults),
+    whose rescaling and normalization become the model's pixel_mean / pixel_std.
+    """
+    architecture = architecture_of(hf_config)
+    module, variables = convert(hf_config, state_dict)
+    params = variables["params"]
+    mean, std = pixel_normalization(architecture, processor)
+    encoder = ENCODER_MODULES[architecture]
+    fields = _fields(module.encoder)
+    if architecture == VIVIT:
+        fields.pop("tokens_per_frame")  # frame features only; vivit_pixels reads pixels
+        model = {"name": REGISTRY_NAMES[architecture], **fields}
+    else:
+        model = {"name": REGISTRY_NAMES[architecture], encoder: fields}
+    model |= {"pixel_mean": mean, "pixel_std": std}
+    height, width = _pair(_field(hf_config, "image_size"), "image_size")
+    return RegistryModel(
+        architecture=architecture,
+        model=model,
+        params={encoder: params["encoder"], "head": {"logits": params["classifier"]}},
+        encoder=encoder,
+        num_frames=int(_field(hf_config, "num_frames")),
+        image_size=(height, width),
+        num_classes=module.num_classes,
+        labels=labels_of(hf_config, module.num_classes),
+    )
+
+
+def load_processor(path: str | pathlib.Path) -> dict | None:
+    """The folder's preprocessor_config.json, or None where it has none."""
+    file = pathlib.Path(path) / PROCESSOR_CONFIG
+    if not file.is_file():
+        return None
+    try:
+        processor = json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{file} is not JSON ({e})") from None
+    if not isinstance(processor, dict):
+        raise ValueError(f"{file} holds {type(processor).__name__}; expected a JSON object")
+    return processor

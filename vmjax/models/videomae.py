@@ -9,6 +9,10 @@ VideoMAE made differently:
                                                    'first': LN(x_L)[:, 0] (there is no CLS)
 VideoMAE has no key bias; a key bias never changes attention (q . b_k is the same for every key
 of a query, and softmax ignores a shift), so MultiHeadAttention's key bias simply stays zero.
+
+`VideoMAEPixels` is the classifier the model registry builds (model.name 'videomae_pixels',
+the encoder's fields under model.videomae): what vmjax.tools.from_transformers writes for a
+transformers VideoMAEForVideoClassification checkpoint.
 """
 
 import einops
@@ -17,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vmjax.models.cnn import normalize_pixels
+from vmjax.models.heads import LogisticHead
 from vmjax.models.transformer import KERNEL_INIT, MultiHeadAttention
 from vmjax.models.vivit import TubeletEmbedding
 
@@ -95,12 +101,18 @@ class VideoMAE(nn.Module):
     attention_dropout: float = 0.0
 
     @nn.compact
-    def __call__(self, video: jax.Array, *, train: bool) -> jax.Array:
+    def __call__(
+        self, video: jax.Array, *, train: bool, return_time_features: bool = False
+    ) -> jax.Array | tuple[jax.Array, jax.Array]:
+        """`[B, D]`; with `return_time_features` also `[B, nt, D]`: the pooling applied to the
+        tokens of each temporal position alone (the spatial mean through fc_norm for 'mean',
+        the spatial mean of LN(x_L) for 'first')."""
         if self.pooling not in POOLINGS:
             raise ValueError(
                 f"VideoMAE pooling={self.pooling!r} is unknown; expected one of {POOLINGS}"
             )
         tokens = TubeletEmbedding(self.hidden_size, tuple(self.patch_size), name="embedding")(video)
+        nt = tokens.shape[1]
         x = einops.rearrange(tokens, "b nt ns d -> b (nt ns) d")
         # Fixed, not learned: a constant of the token count, so it is no parameter.
         x = x + jnp.asarray(interleaved_sinusoids(x.shape[1], x.shape[2]), x.dtype)
@@ -115,9 +127,49 @@ class VideoMAE(nn.Module):
                 self.attention_dropout,
                 name=f"block_{i}",
             )(x, train=train)
+        per_time = einops.rearrange(x, "b (nt ns) d -> b nt ns d", nt=nt)
         if self.pooling == "mean":
-            return nn.LayerNorm(self.fc_norm_epsilon, use_fast_variance=False, name="fc_norm")(
-                jnp.mean(x, axis=1)
+            fc_norm = nn.LayerNorm(self.fc_norm_epsilon, use_fast_variance=False, name="fc_norm")
+            pooled = fc_norm(jnp.mean(x, axis=1))
+            time_features = fc_norm(jnp.mean(per_time, axis=2))
+        else:
+            ln = nn.LayerNorm(self.layer_norm_epsilon, use_fast_variance=False, name="ln_final")
+            pooled = ln(x)[:, 0]
+            time_features = jnp.mean(ln(per_time), axis=2)
+        return (pooled, time_features) if return_time_features else pooled
+
+
+class VideoMAEPixels(nn.Module):
+    """VideoMAE on raw pixels: normalize, encoder (`videomae`: VideoMAE's fields), linear head.
+
+    Reads `inputs["pixels"]: [batch, time, H, W, 3]` (uint8 in [0, 255] or float in [0, 1]),
+    normalised by `pixel_mean` / `pixel_std`, and `inputs["mask"]: [batch, time]`. VideoMAE has
+    no attention mask, so frames outside the mask become 0 after normalization (the mean
+    colour) and still count as tokens: a clip shorter than data.num_frames is read as padded.
+    """
+
+    num_classes: int
+    videomae: dict
+    pixel_mean: tuple[float, ...]  # per channel, of [0, 1] pixels
+    pixel_std: tuple[float, ...]
+
+    @nn.compact
+    def __call__(self, inputs: dict[str, jax.Array], *, train: bool) -> jax.Array:
+        if "pixels" not in inputs:
+            raise ValueError(
+                f"videomae_pixels reads inputs['pixels'] [batch, time, H, W, 3]; got keys "
+                f"{sorted(inputs)}"
             )
-        x = nn.LayerNorm(self.layer_norm_epsilon, use_fast_variance=False, name="ln_final")(x)
-        return x[:, 0]
+        pixels = normalize_pixels(inputs["pixels"], self.pixel_mean, self.pixel_std)
+        if inputs.get("mask") is not None:
+            pixels = jnp.where(inputs["mask"][:, :, None, None, None], pixels, 0)
+        embedding = VideoMAE(**encoder_fields(self.videomae), name="videomae")(pixels, train=train)
+        return LogisticHead(self.num_classes, name="head")(embedding)
+
+
+def encoder_fields(videomae: dict) -> dict:
+    """VideoMAE's keyword arguments from a config's model.videomae (JSON lists as tuples)."""
+    fields = dict(videomae)
+    if "patch_size" in fields:
+        fields["patch_size"] = tuple(fields["patch_size"])
+    return fields

@@ -100,8 +100,11 @@ class Checkpointer:
         else:
             state_args = ocp.args.StandardRestore(abstract)
         items = {"state": state_args}
-        if data_iterator is not None:
-            if not os.path.isdir(os.path.join(self.directory, str(step), "data")):
+        has_data = os.path.isdir(os.path.join(self.directory, str(step), "data"))
+        # Step 0 without data/ (a run converted from transformers weights): nothing has been
+        # read yet, so the fresh iterator already is the saved position.
+        if data_iterator is not None and (has_data or step != 0):
+            if not has_data:
                 raise FileNotFoundError(
                     f"checkpoint {os.path.join(self.directory, str(step))} has no data iterator "
                     "state (data/); it cannot resume the input pipeline exactly"
