@@ -69,6 +69,7 @@ FREE_KEYS = (
     "data.workers",
     "data.read_threads",
     "data.cache_dir",  # where the embedded dataset lives; its spec, not its folder, is the data
+    "eval",  # test views of --mode eval / predict (vmjax.data.views): not read by training
 )
 # What the checkpoints' shapes or the run's identity depend on: never changed on an existing run.
 NEW_RUN_KEYS = (

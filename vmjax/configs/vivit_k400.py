@@ -45,7 +45,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.grad_accum = 1  # split each batch into this many micro-batches (sums their gradients)
     c.on_nonfinite_loss = "stop"  # NaN/Inf loss: 'stop' (name the step) or 'skip' the update
     c.divergence_factor = 100.0  # train loss above this x the first step's loss = diverged
-    c.on_divergence = "stop"  # diverged: 'stop' (name the step and last good checkpoint) or 'off'
+    # diverged: 'stop' (name the step and last good checkpoint), 'skip' the update (retrieval and
+    # audio-visual trainers only), or 'off'
+    c.on_divergence = "stop"
+    c.divergence_max_skips = 10  # on_divergence='skip': stop after this many consecutive skips
     c.log_batches = False  # write a hash of every train batch to workdir/batches.jsonl
 
     c.data = ml_collections.ConfigDict()
@@ -68,6 +71,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.on_error = "skip"  # K400 downloads hold some broken clips: skip (and count) them
     c.data.cache_dir = "~/.cache/vmjax"  # unused unless the patterns are '' (synthetic videos)
     c.data.synthetic_video = ml_collections.ConfigDict()  # unused here (vivit_pixels.py)
+
+    # Test views of --mode eval / predict (vmjax.data.views); evaluations during training read 1.
+    c.eval = ml_collections.ConfigDict()
+    # The ViViT paper tests K400 on 4 clips x 3 crops (then eval_batch_size a multiple of 12).
+    c.eval.num_clips = 1  # clips per video, evenly spaced; eval_batch_size counts clips x crops
+    c.eval.num_crops = 1  # 1: centre crop; 3: start, centre and end of the long side (ThreeCrop)
+    c.eval.average = "prob"  # 'prob': mean of the views' sigmoids; 'score': sigmoid of mean logit
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "vivit_pixels"  # vmjax.models.classifiers.ViViTPixels

@@ -41,7 +41,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.grad_accum = 1  # split each batch into this many micro-batches (sums their gradients)
     c.on_nonfinite_loss = "stop"  # NaN/Inf loss: 'stop' (name the step) or 'skip' the update
     c.divergence_factor = 100.0  # train loss above this x the first step's loss = diverged
-    c.on_divergence = "stop"  # diverged: 'stop' (name the step and last good checkpoint) or 'off'
+    # diverged: 'stop' (name the step and last good checkpoint), 'skip' the update (retrieval and
+    # audio-visual trainers only), or 'off'
+    c.on_divergence = "stop"
+    c.divergence_max_skips = 10  # on_divergence='skip': stop after this many consecutive skips
     c.log_batches = False  # write a hash of every train batch to workdir/batches.jsonl
 
     c.data = ml_collections.ConfigDict()
@@ -70,6 +73,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.synthetic_video.fps = 8.0  # frame rate of the written videos
     c.data.synthetic_video.seed = 0  # generator seed (separate from training seed)
     c.data.synthetic_video.validate_fraction = 0.25  # share of videos in the validate split
+
+    # Test views of --mode eval / predict (vmjax.data.views); evaluations during training read 1.
+    c.eval = ml_collections.ConfigDict()
+    c.eval.num_clips = 1  # clips per video, evenly spaced; eval_batch_size counts clips x crops
+    c.eval.num_crops = 1  # 1: centre crop; 3: start, centre and end of the long side (ThreeCrop)
+    c.eval.average = "prob"  # 'prob': mean of the views' sigmoids; 'score': sigmoid of mean logit
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "vivit_pixels"  # vivit_pixels (classifiers.ViViTPixels) or cnn_lstm

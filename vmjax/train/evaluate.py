@@ -8,6 +8,7 @@ import numpy as np
 
 from vmjax import metrics
 from vmjax.data import pipeline
+from vmjax.data.views import ViewSpec, average, first_view
 from vmjax.errors import DataError
 from vmjax.train.inputs import eval_batches_in_step, eval_stream
 
@@ -20,17 +21,22 @@ def evaluate(
     class_groups: dict[str, np.ndarray] | None = None,
     bad_records: pipeline.BadRecords | None = None,  # or video_files.BadFiles
     per_class: bool = False,
+    views: ViewSpec | None = None,
 ) -> dict:
     """GAP@20, mAP, Hit@1, PERR and mean loss over one pass of the eval data `files`.
 
     Each process reads its share (eval_stream).
 
     `eval_fn(state, batch)` takes this process's batch and returns the global batch's `scores`,
-    `labels`, `weights`, `loss_sum` and `count` (gathered over processes), so every process
-    computes the metrics of the whole evaluation set.
+    `labels`, `weights`, `loss_sum` and `count` (gathered over processes; also `logits` for
+    views averaged by score), so every process computes the metrics of the whole evaluation set.
     With `class_groups` (name -> class indices), also `gap_<name>`: GAP@20 over those
     classes' columns only (e.g. per class kind of the embedded data).
+    With `views` (`--mode eval` of a pixel config: config.eval), each video is read as several
+    test views whose scores are averaged before the metrics (vmjax.data.views); `loss` is then
+    the mean over all views' losses.
     """
+    views = views or ViewSpec()
     video = config.data.format == "video_files"
     spec = None if video else pipeline.BatchSpec.from_config(config.data)
     evaluator = metrics.Evaluator(config.data.num_classes, threshold=0.5 if per_class else None)
@@ -41,10 +47,16 @@ def evaluate(
     }
     loss_sum = count = 0.0
     batch_size = config.eval_batch_size // jax.process_count()
-    batches = eval_stream(config, spec, files, batch_size, bad_records)
+    if views.num_views > 1:  # batch_size rows: whole videos of num_views rows each
+        batches = eval_stream(
+            config, spec, files, batch_size // views.num_views, bad_records, views=views
+        )
+    else:
+        batches = eval_stream(config, spec, files, batch_size, bad_records)
     for batch in eval_batches_in_step(batches, config.data, batch_size):
         out = eval_fn(state, batch)
-        scores, labels, weights = (np.asarray(out[k]) for k in ("scores", "labels", "weights"))
+        scores = average(out["scores"], out.get("logits"), views)
+        labels, weights = (first_view(out[k], views) for k in ("labels", "weights"))
         if not np.isfinite(scores[weights > 0]).all():
             raise FloatingPointError("eval scores are NaN: the parameters have diverged")
         evaluator.update(scores, labels, weights=weights)

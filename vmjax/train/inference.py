@@ -5,11 +5,14 @@ eval: GAP@20, mAP, Hit@1, PERR, precision/recall/F1 at a threshold and per-class
 predict: the Kaggle video-level file (`VideoId,LabelConfidencePairs`, each row the top 20
   `label score` pairs by descending score) -> WORKDIR/predictions_step_<N>.csv, and with
   top_k_jsonl also one JSON line per video with class names.
+Both read a pixel config's videos as config.eval's test views (num_clips x num_crops, scores
+averaged per video: vmjax.data.views); the evaluations during training read one view.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 
@@ -20,6 +23,7 @@ from absl import logging
 
 from vmjax import compress, trained
 from vmjax.data import pipeline, synthetic
+from vmjax.data.views import ViewSpec, average, first_view
 from vmjax.train import evaluate, inputs, parallel
 from vmjax.train import state as state_lib
 
@@ -73,6 +77,7 @@ def evaluate_checkpoint(
     config: ml_collections.ConfigDict, workdir: str, step: int | None = None
 ) -> dict:
     """Metrics of a checkpoint on the eval data, written under WORKDIR/eval/."""
+    views = ViewSpec.from_config(config, jax.process_count())
     par, state, step = restore(config, workdir, step)
     _, eval_files, data_dir = inputs.resolve_data(config)
     # Class kinds belong to the embedded YT8M features, not to the synthetic videos.
@@ -82,9 +87,13 @@ def evaluate_checkpoint(
     def eval_fn(state, batch):
         return par.eval_step(state, par.put_batch(batch))
 
-    result = evaluate.evaluate(eval_fn, state, eval_files, config, kinds, per_class=True)
+    result = evaluate.evaluate(
+        eval_fn, state, eval_files, config, kinds, per_class=True, views=views
+    )
     ap, positives = result.pop("per_class_ap"), result.pop("class_positives")
     result = {"step": step, **result}
+    if views.num_views > 1:
+        result["views"] = dataclasses.asdict(views)
     if jax.process_index() == 0:
         out = os.path.join(workdir, "eval")
         os.makedirs(out, exist_ok=True)
@@ -110,6 +119,7 @@ def predict(
     """Writes the Kaggle video-level CSV for the eval data; returns its path."""
     if jax.process_count() > 1:
         raise NotImplementedError("--mode predict runs in one process (video ids stay local)")
+    views = ViewSpec.from_config(config)
     par, state, step = restore(config, workdir, step)
     _, eval_files, data_dir = inputs.resolve_data(config)
     video = config.data.format == "video_files"  # decoded clips: no feature BatchSpec
@@ -122,18 +132,24 @@ def predict(
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["VideoId", "LabelConfidencePairs"])
-        for batch in inputs.eval_stream(config, spec, eval_files, config.eval_batch_size):
-            scores = np.asarray(par.eval_step(state, par.put_batch(batch))["scores"])
+        videos = config.eval_batch_size // views.num_views  # rows: views of whole videos
+        batches = inputs.eval_stream(
+            config, spec, eval_files, videos, views=views if views.num_views > 1 else None
+        )
+        for batch in batches:
+            views_out = par.eval_step(state, par.put_batch(batch))
+            scores = average(views_out["scores"], views_out.get("logits"), views)
+            ids, weights = first_view(batch["ids"], views), first_view(batch["weights"], views)
             top = np.argsort(-scores, axis=1, kind="stable")[:, :KAGGLE_TOP_K]
-            for r in np.flatnonzero(batch["weights"]):
+            for r in np.flatnonzero(weights):
                 pairs = " ".join(f"{c} {scores[r, c]:.6f}" for c in top[r])
-                w.writerow([batch["ids"][r], pairs])
+                w.writerow([ids[r], pairs])
                 if jsonl:
                     classes = [
                         {"index": int(c), "name": names[c], "score": round(float(scores[r, c]), 6)}
                         for c in top[r]
                     ]
-                    jsonl.write(json.dumps({"id": str(batch["ids"][r]), "top": classes}) + "\n")
+                    jsonl.write(json.dumps({"id": str(ids[r]), "top": classes}) + "\n")
                 rows += 1
     os.replace(tmp, out)  # complete files only
     if jsonl:

@@ -153,7 +153,9 @@ def _split_root(video_root: str, csv_path: str) -> str:
     return split if os.path.isdir(split) else root
 
 
-def _video_dataset(config, items: list, batch_size: int, bad_files, *, train: bool):
+def _video_dataset(
+    config, items: list, batch_size: int, bad_files, *, train: bool, views=None, workers: int = 0
+):
     from vmjax.data import video_files
 
     d = config.data
@@ -175,7 +177,9 @@ def _video_dataset(config, items: list, batch_size: int, bad_files, *, train: bo
         prefetch=d.prefetch,
         read_threads=d.read_threads,
         # Worker processes stream training batches; one eval pass is not worth starting them.
-        workers=d.workers if train else 0,
+        workers=workers if train else 0,
+        num_clips=views.num_clips if views else 1,  # a vmjax.data.views.ViewSpec (eval only)
+        num_crops=views.num_crops if views else 1,
     )
 
 
@@ -197,15 +201,33 @@ def _open_split(ref: str, level: str):
 
 
 def train_stream(config, spec, files: list[str], batch_size: int, bad_records=None):
-    """This process's infinite iterator of training batches (TFRecords, ArrayRecord, videos)."""
+    """This process's infinite iterator of training batches (TFRecords, ArrayRecord, videos).
+
+    data.workers='auto' becomes a worker count (pipeline.worker_count, logged once); the
+    iterator state keeps the count, so a restore rebuilds the pipeline with the saved one.
+    """
     d = config.data
+    workers = d.workers
+    if d.format != "tfrecord" and workers == pipeline.AUTO:
+        # No file cap: these workers take turns at whole batches instead of reading own files.
+        one = pipeline.config_example_batch(d, 1)
+        workers = pipeline.resolve_workers(
+            workers,
+            shm_free=pipeline.shm_free_bytes(),
+            batch_bytes=batch_size * sum(np.asarray(v).nbytes for v in one.values()),
+            prefetch=d.prefetch,
+        )
     if d.format == "video_files":
-        return iter(_video_dataset(config, files, batch_size, bad_records, train=True))
+
+        def build_videos(n: int):
+            return _video_dataset(config, files, batch_size, bad_records, train=True, workers=n)
+
+        return iter(pipeline.WorkerPipeline(build_videos, workers))
     if d.format == "array_record":
         from vmjax.data import indexed
 
-        return iter(
-            indexed.train_dataset(
+        def build_indexed(n: int):
+            return indexed.train_dataset(
                 _open_split(files[0], d.level),
                 lambda item: item,  # the batch function decodes (and skips bad records)
                 batch_size=batch_size,
@@ -214,9 +236,10 @@ def train_stream(config, spec, files: list[str], batch_size: int, bad_records=No
                 process_count=jax.process_count(),
                 collate=pipeline.make_batcher(spec, batch_size, bad_records),
                 prefetch=d.prefetch,
-                workers=d.workers,
+                workers=n,
             )
-        )
+
+        return iter(pipeline.WorkerPipeline(build_indexed, workers))
     my_files = pipeline.shard_files(files, jax.process_index(), jax.process_count())
     return iter(
         pipeline.train_dataset(
@@ -233,10 +256,16 @@ def train_stream(config, spec, files: list[str], batch_size: int, bad_records=No
     )
 
 
-def eval_stream(config, spec, files: list[str], batch_size: int, bad_records=None):
-    """This process's share of the evaluation batches, in order, one pass."""
+def eval_stream(config, spec, files: list[str], batch_size: int, bad_records=None, views=None):
+    """This process's share of the evaluation batches, in order, one pass.
+
+    views: video files only: a vmjax.data.views.ViewSpec; each batch then holds `batch_size`
+    videos as batch_size x views rows.
+    """
     if config.data.format == "video_files":
-        return iter(_video_dataset(config, files, batch_size, bad_records, train=False))
+        return iter(
+            _video_dataset(config, files, batch_size, bad_records, train=False, views=views)
+        )
     if config.data.format == "array_record":
         from vmjax.data import indexed
 

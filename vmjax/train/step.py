@@ -180,6 +180,7 @@ def eval_step(state: TrainState, batch: dict, *, model, dtype: str = "float32") 
     )
     return {
         "scores": jax.nn.sigmoid(logits.astype(jnp.float32)),
+        "logits": logits.astype(jnp.float32),  # test views may average these (data/views.py)
         "loss_sum": total,
         "count": count,
         "labels": batch["labels"],
