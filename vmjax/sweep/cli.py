@@ -47,6 +47,11 @@ SLURM (one array task per run; sbatch options go in --slurm_option):
   Without --wait, submit and return; later: python -m vmjax.sweep gather --out /shared/sweep1
   OUT must be on a file system the compute nodes see; the script runs in this directory.
 
+vmapped seeds (local; a cell's seeds as one jitted program, jax.vmap over the seed axis:
+vmjax.train.seeds; each seed keeps its own run directory, so gather, eval and export are
+unchanged; a seed that hits NaN/Inf or diverges is FAILED, never averaged in):
+  python -m vmjax.sweep --config yt8m:smoke --out /tmp/sweep --seeds 5 --vmap_seeds
+
 gather (rewrite results.json and results.md from the run directories):
   python -m vmjax.sweep gather --out /tmp/sweep
 """
@@ -84,6 +89,13 @@ def _launch_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="a config override for every run (repeatable), e.g. num_train_steps=2000",
+    )
+    p.add_argument(
+        "--vmap_seeds",
+        action="store_true",
+        help="local: train each grid cell's seeds as one jitted program (jax.vmap over the "
+        "seeds; python -m vmjax.train.seeds) instead of one process per seed; pays for small "
+        "models (benchmarks/vmap_seeds.py)",
     )
     p.add_argument("--launcher", choices=("local", "slurm"), default="local")
     p.add_argument(
@@ -142,7 +154,7 @@ def _gather(argv: list[str]) -> int:
 
 def _task(argv: list[str]) -> int:
     p = _Parser(prog=f"{PROG} _task")
-    p.add_argument("--run_dir", required=True)
+    p.add_argument("--run_dir", required=True, action="append")  # several: vmapped seeds
     p.add_argument("--final_step", type=int)
     p.add_argument("--cpus", default="")
     p.add_argument("command", nargs=argparse.REMAINDER)
@@ -151,7 +163,9 @@ def _task(argv: list[str]) -> int:
     if not command:
         p.error("missing the command after --")
     cpus = [int(c) for c in args.cpus.split(",") if c]
-    return run_task(args.run_dir, args.final_step, command, cpus)
+    if len(args.run_dir) > 1:
+        return local.run_cell(args.run_dir, args.final_step, command, cpus)
+    return run_task(args.run_dir[0], args.final_step, command, cpus)
 
 
 def _slurm_tasks(out: str, strict: bool) -> set[str] | None:
@@ -180,6 +194,8 @@ def _launch(args: argparse.Namespace) -> int:
             raise SweepError(f"{flag} goes with --launcher slurm")
     if args.parallel is not None and args.launcher != "local":
         raise SweepError("--parallel goes with --launcher local (slurm: --max_parallel)")
+    if args.vmap_seeds and args.launcher != "local":
+        raise SweepError("--vmap_seeds goes with --launcher local")
     if args.seeds < 1:
         raise SweepError(f"--seeds {args.seeds}: expected at least 1")
     axes = parse_grid(args.grid)
@@ -197,6 +213,8 @@ def _launch(args: argparse.Namespace) -> int:
         raise SweepError(f"--out {out!r}: #SBATCH lines cannot hold a path with spaces")
     sets, axes, final_step = resolve(config, sets, axes)
     runs = expand(axes, args.seeds)
+    if args.vmap_seeds:
+        _check_vmappable(config, sets, runs)
     set_texts = [f"{k}={v}" for k, v in sets]
     check_sweep(out, config, set_texts, record=not args.dry_run)
 
@@ -213,10 +231,20 @@ def _launch(args: argparse.Namespace) -> int:
         f"{len(todo)} to run ({counts['failed']} of them failed before)",
         file=sys.stderr,
     )
-    prefix = shlex.split(args.command) if args.command else [sys.executable, "-m", "vmjax.main"]
+    trainer = "vmjax.train.seeds" if args.vmap_seeds else "vmjax.main"
+    prefix = shlex.split(args.command) if args.command else [sys.executable, "-m", trainer]
     sets_flags = [f"--config.{t}" for t in set_texts]
+    groups = {}  # --vmap_seeds: the runs trained as one program, in seed order
+    for run in todo if args.vmap_seeds else ():
+        groups.setdefault(_group(out, run), []).append(run)
 
     def command(run: Run) -> list[str]:
+        if args.vmap_seeds:  # the group's command: every seed it trains, each with its run dir
+            same = groups[_group(out, run)]
+            dirs = [a for r in same for a in ("--workdir", run_dir(out, r.name))]
+            overrides = [f"--config.{k}={v}" for k, v in run.overrides]
+            seeds = ",".join(str(r.seed) for r in same)
+            return [*prefix, "--config", config, "--seeds", seeds, *dirs, *sets_flags, *overrides]
         workdir = run_dir(out, run.name)
         return [*prefix, "--config", config, "--workdir", workdir, *sets_flags, *run.flags()]
 
@@ -225,22 +253,62 @@ def _launch(args: argparse.Namespace) -> int:
             write_run(out, run, final_step, command(run))
     if args.launcher == "slurm":
         return _slurm(args, out, todo, final_step, command)
-    return _local(args, out, runs, todo, final_step, command)
+    return _local(args, out, runs, todo, final_step, command, groups)
 
 
-def _local(args, out, runs, todo, final_step, command) -> int:
-    tasks = [local.Task(r.name, run_dir(out, r.name), final_step, tuple(command(r))) for r in todo]
+def _group(out: str, run: Run) -> tuple[str, int]:
+    """--vmap_seeds: the seeds of a cell resumed from one checkpoint step train together (one
+    program continues its seeds from one step; a new seed starts at 0)."""
+    ckpts = os.path.join(run_dir(out, run.name), "checkpoints")
+    steps = [int(n) for n in os.listdir(ckpts) if n.isdigit()] if os.path.isdir(ckpts) else []
+    return run.cell, max(steps, default=0)
+
+
+def _check_vmappable(config: str, sets: list[tuple[str, str]], runs: list[Run]) -> None:
+    """SweepError, before anything runs, for a cell whose config cannot be vmapped."""
+    from vmjax import configs
+    from vmjax.errors import UserError
+    from vmjax.sweep.grid import _load
+    from vmjax.train.seeds import check_vmappable
+
+    path, presets = configs.resolve(config)  # a name or a file, as grid.resolve loads it
+    config = f"{path}:{presets}" if presets else path
+    base = [f"--config.{k}={v}" for k, v in sets]
+    for run in {r.cell: r for r in runs}.values():
+        overrides = [f"--config.{k}={v}" for k, v in run.overrides]
+        loaded = _load(config, [*base, *overrides], f"--config {config}")
+        try:
+            check_vmappable(loaded)
+        except UserError as e:
+            raise SweepError(f"--vmap_seeds, cell {run.cell}: {e}") from None
+
+
+def _local(args, out, runs, todo, final_step, command, groups) -> int:
+    if args.vmap_seeds:  # one task per group of a cell's seeds: all their run directories
+        tasks = [
+            local.Task(
+                f"{same[0].cell}, seeds {','.join(str(r.seed) for r in same)} (vmapped)",
+                run_dir(out, same[0].name),
+                final_step,
+                tuple(command(same[0])),
+                tuple(run_dir(out, r.name) for r in same),
+            )
+            for same in groups.values()
+        ]
+    else:
+        tasks = [
+            local.Task(r.name, run_dir(out, r.name), final_step, tuple(command(r))) for r in todo
+        ]
     slots = local.slots(len(tasks) or 1, args.parallel, args.mem_per_run_gb)
     if args.dry_run:
         for task, slot in zip(tasks, slots * len(tasks), strict=False):
             env = f"CUDA_VISIBLE_DEVICES={slot.gpu} " if slot.gpu is not None else ""
-            print(
-                env + shlex.join(task_command(task.directory, final_step, task.command, slot.cpus))
-            )
+            print(env + shlex.join(task.wrapped(slot.cpus)))
         return 0
     if tasks:
+        what = "cells (seeds vmapped)" if args.vmap_seeds else "runs"
         print(
-            f"running {len(tasks)} runs, {len(slots)} at a time; logs in {out}/runs/*/log.txt",
+            f"running {len(tasks)} {what}, {len(slots)} at a time; logs in {out}/runs/*/log.txt",
             file=sys.stderr,
         )
         try:

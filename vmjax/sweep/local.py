@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -15,8 +16,19 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from vmjax.sweep.runs import task_command
+from vmjax.sweep.runs import (
+    DONE,
+    FAILED,
+    RUNNING,
+    final_metrics,
+    task_command,
+    thread_env,
+    write_json,
+)
 
+# vmjax.train.seeds.EXIT_SEEDS_STOPPED (not imported: this wrapper stays free of JAX; a test
+# checks they agree): some seeds of the program stopped, the others finished.
+EXIT_SEEDS_STOPPED = 3
 STOP_GRACE_S = 60  # after Ctrl-C: time for runs to checkpoint (on SIGTERM) before SIGKILL
 
 
@@ -42,6 +54,15 @@ class Task:
     directory: str
     final_step: int | None
     command: tuple[str, ...]
+    # --vmap_seeds: every seed's run directory of a cell trained by one command (`directory`
+    # is the first); () for a run of its own.
+    directories: tuple[str, ...] = ()
+
+    def wrapped(self, cpus: Sequence[int] = ()) -> list[str]:
+        """The `python -m vmjax.sweep _task` command line that runs this task."""
+        args = task_command(self.directory, self.final_step, self.command, cpus)
+        more = [a for d in self.directories[1:] for a in ("--run_dir", d)]
+        return [*args[:6], *more, *args[6:]]  # after the first --run_dir
 
 
 def available_memory_gb() -> float | None:
@@ -123,7 +144,7 @@ def run_all(
                 env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_ARRAY_")}
                 if slot.gpu is not None:
                     env["CUDA_VISIBLE_DEVICES"] = slot.gpu
-                command = task_command(task.directory, task.final_step, task.command, slot.cpus)
+                command = task.wrapped(slot.cpus)
                 # A session of its own: Ctrl-C reaches this launcher only, which then stops
                 # each run with SIGTERM (vmjax.main checkpoints on it).
                 proc = subprocess.Popen(command, env=env, start_new_session=True)
@@ -186,3 +207,82 @@ def _ranges(cpus: Sequence[int]) -> str:
             parts.append(str(c) if c == start else f"{start}-{c}")
             start = None
     return ",".join(parts)
+
+
+def run_cell(
+    directories: Sequence[str],
+    final_step: int | None,
+    command: Sequence[str],
+    cpus: Sequence[int] = (),
+) -> int:
+    """--vmap_seeds: runs `command` (vmjax.train.seeds) once for the seeds of one cell, whose run
+    directories are `directories`; writes each one's DONE or FAILED as vmjax.sweep.runs.run_task
+    does for a run of its own, and copies the output into each one's log.txt.
+
+    A seed is DONE when its metrics.jsonl has the final step and the command exited 0, or with
+    vmjax.train.seeds.EXIT_SEEDS_STOPPED (other seeds stopped; this one finished).
+    """
+    import socket
+
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    started = time.strftime("%Y-%m-%dT%H:%M:%S")
+    marker = {"pid": os.getpid(), "host": socket.gethostname(), "slurm_job": None}
+    marker.update(started=started, seeds_with=[os.path.basename(d) for d in directories])
+    for directory in directories:
+        os.makedirs(directory, exist_ok=True)
+        for name in (DONE, FAILED):
+            if os.path.exists(os.path.join(directory, name)):
+                os.remove(os.path.join(directory, name))
+        write_json(os.path.join(directory, RUNNING), marker)
+    signal.signal(signal.SIGTERM, lambda *_: None)  # the command checkpoints; we record it
+    logs = [open(os.path.join(d, "log.txt"), "ab") for d in directories]  # noqa: SIM115
+    try:
+        header = f"\n=== vmjax.sweep (seeds vmapped in one program): {shlex.join(command)}\n"
+        for log in logs:
+            log.write(header.encode())
+            log.flush()
+        try:
+            proc = subprocess.Popen(
+                list(command),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=thread_env(len(cpus) or None, dict(os.environ)),
+            )
+            for line in proc.stdout:
+                for log in logs:
+                    log.write(line)
+                    log.flush()
+            code = proc.wait()
+        except OSError as e:
+            for log in logs:
+                log.write(f"vmjax.sweep: cannot start the command: {e}\n".encode())
+            code = 127
+    finally:
+        for log in logs:
+            log.close()
+    result = {**marker, "ended": time.strftime("%Y-%m-%dT%H:%M:%S"), "returncode": code}
+    finished = code in (0, EXIT_SEEDS_STOPPED)
+    failed = 0
+    for directory in directories:
+        metrics = final_metrics(directory, final_step) if finished else None
+        if metrics is not None:
+            write_json(os.path.join(directory, DONE), {**result, "final_step": final_step})
+        else:
+            failed += 1
+            if code < 0:
+                reason = f"killed by signal {-code}"
+            elif not finished:
+                reason = f"exit status {code}"
+            else:
+                reason = (
+                    f"no evaluation at the final step {final_step} (this seed stopped: NaN/Inf "
+                    "or diverged, see its history.jsonl; or the program was preempted)"
+                )
+            write_json(os.path.join(directory, FAILED), {**result, "reason": reason})
+            print(f"vmjax.sweep: {directory}: {reason}; see its log.txt", file=sys.stderr)
+        os.remove(os.path.join(directory, RUNNING))
+    if code < 0:
+        return 128 - code
+    return code if code and not finished else int(failed > 0)
