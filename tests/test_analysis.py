@@ -167,3 +167,47 @@ def test_notebook_executes_top_to_bottom(workdir, monkeypatch):
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 5  # every plot was drawn
+
+
+def _colab_cell():
+    """The notebook's first code cell, run outside Colab: its install and upload helpers."""
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.read(ROOT / "notebooks" / "checkpoint_analysis.ipynb", as_version=4)
+    namespace = {}
+    exec(next(c.source for c in nb.cells if c.cell_type == "code"), namespace)
+    return namespace
+
+
+def test_notebook_colab_cell_installs_from_the_repo_url_or_an_uploaded_wheel(monkeypatch, tmp_path):
+    cell = _colab_cell()
+    calls = []
+    monkeypatch.setattr(cell["subprocess"], "check_call", calls.append)
+    assert cell["install_in_colab"]("https://example.org/me/vmjax", None) == (
+        "git+https://example.org/me/vmjax"
+    )
+    assert cell["install_in_colab"]("", lambda: {"vmjax-0.1.0-py3-none-any.whl": b""}) == (
+        "vmjax-0.1.0-py3-none-any.whl"
+    )
+    assert [c[-1] for c in calls] == [
+        "git+https://example.org/me/vmjax",
+        "vmjax-0.1.0-py3-none-any.whl",
+    ]
+    assert all(c[1:5] == ["-m", "pip", "install", "-q"] for c in calls)
+    with pytest.raises(SystemExit, match="expected one .whl file, got none"):
+        cell["install_in_colab"]("", lambda: {"notes.txt": b""})
+
+
+def test_notebook_colab_cell_unpacks_an_uploaded_run_zip(monkeypatch, tmp_path):
+    import zipfile
+
+    cell = _colab_cell()
+    monkeypatch.chdir(tmp_path)
+    with zipfile.ZipFile("run.zip", "w") as z:  # `zip -r run.zip w` of a run directory `w`
+        z.writestr("w/config.json", "{}")
+        z.writestr("w/checkpoints/5/state/x", "")
+    workdir = cell["unpack_run"](lambda: {"run.zip": b""}, root=str(tmp_path / "runs"))
+    assert workdir == str(tmp_path / "runs" / "w")
+    with zipfile.ZipFile("empty.zip", "w") as z:
+        z.writestr("w/metrics.jsonl", "")
+    with pytest.raises(SystemExit, match="empty.zip holds no config.json"):
+        cell["unpack_run"](lambda: {"empty.zip": b""}, root=str(tmp_path / "runs2"))
