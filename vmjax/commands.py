@@ -81,6 +81,18 @@ def train_retrieval(a: Args) -> None:
         print(retrieval.summary(result))
 
 
+def evaluate_retrieval(a: Args) -> None:
+    from vmjax.train import retrieval
+
+    print(retrieval.summary(retrieval.evaluate_checkpoint(a.config, a.workdir, a.step)))
+
+
+def evaluate_audiovisual(a: Args) -> None:
+    from vmjax.train import audiovisual
+
+    print(audiovisual.summary(audiovisual.evaluate_checkpoint(a.config, a.workdir, a.step)))
+
+
 def retrieve(a: Args) -> None:
     if not a.query or not a.query.strip():
         raise UserError("--mode retrieve needs --query TEXT")
@@ -122,8 +134,10 @@ COMMANDS: dict[tuple[str, str], Callable[[Args], None]] = {
     ("classify", "eval"): evaluate,
     ("classify", "predict"): predict,
     ("retrieval", "train"): train_retrieval,
+    ("retrieval", "eval"): evaluate_retrieval,
     ("retrieval", "retrieve"): retrieve,
     ("audiovisual", "train"): train_audiovisual,
+    ("audiovisual", "eval"): evaluate_audiovisual,
 }
 HINTS = {
     "audiovisual": "evaluate its encoders with a probe: configs/audiovisual.py:probe",

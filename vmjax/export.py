@@ -12,6 +12,10 @@ and `load` only has to pass them back in order.
 
     predict = vmjax.export.load("model.npz")
     scores = predict({"rgb": rgb, "audio": audio, "mask": mask})  # [b, num_classes] float32
+
+An encoder run (retrieval, audio-visual pretraining) exports one tower per file (--output):
+unit embeddings [b, E] of a retrieval run's videos ('video': rgb, audio, mask) or captions
+('text': text_tokens, text_mask), or of an audio-visual run's 'rgb' or 'audio' (with the mask).
 """
 
 from __future__ import annotations
@@ -48,21 +52,34 @@ def export(
     batch_size: int | None = None,
     platforms: Sequence[str] = PLATFORMS,
     log: Callable[[str], None] = print,
+    output: str | None = None,
 ) -> dict:
     """Writes the run in `workdir` (its latest checkpoint, or `step`) to `out`; returns the header.
 
     batch_size: export for this fixed batch size; None (the default) exports a symbolic batch
       dimension, so one file serves any batch size.
     platforms: the backends the file can run on (lowered for each here, none needed present).
+    output: what the file computes: a classifier's 'scores' (the default), or one tower of an
+      encoder run (ENCODER_OUTPUTS: a retrieval run's 'video' or 'text' embeddings, an
+      audio-visual run's 'rgb' or 'audio'; default its first).
     """
     # Model code is imported here, not at module level: `load` must work without it.
     from vmjax import __version__, trained
+    from vmjax import run as run_lib
     from vmjax.data import pipeline
     from vmjax.data.device import DTYPES, cast_floats, model_inputs
     from vmjax.errors import RunDirectoryError
 
     if batch_size is not None and batch_size < 1:
         raise ExportError(f"batch_size={batch_size}; expected a positive number (or none)")
+    try:
+        task = run_lib.Run.open(workdir).config.get("task", "classify")
+    except RunDirectoryError as e:
+        raise ExportError(str(e)) from None
+    if task in ENCODER_OUTPUTS:
+        return _export_encoder(task, workdir, out, step, batch_size, platforms, log, output)
+    if output not in (None, "scores"):
+        raise ExportError(f"output={output!r}: a classifier run exports 'scores'")
     try:
         run = trained.load(workdir, step)
     except RunDirectoryError as e:
@@ -88,17 +105,7 @@ def export(
         f"{d.num_classes} classes; restored {os.path.join(ckpt_dir, str(step))} "
         f"(step {step} of {config.num_train_steps})"
     )
-    variables = jax.device_get({"params": params, **run.model_state})
-    flat, treedef = jax.tree_util.tree_flatten_with_path(variables)
-    leaves = []
-    for path, x in flat:
-        x = np.asarray(x)
-        if x.dtype.kind not in "biuf":  # e.g. bfloat16 (kind 'V'), which .npz cannot hold
-            raise ExportError(
-                f"variable {jax.tree_util.keystr(path)} has dtype {x.dtype}; expected a numpy "
-                "bool, integer or float dtype"
-            )
-        leaves.append(x)
+    leaves, treedef = _host_leaves({"params": params, **run.model_state})
     compute_dtype = DTYPES[config.dtype]
 
     def scores_fn(param_leaves, batch):
@@ -107,27 +114,7 @@ def export(
         logits = model.apply(v, model_inputs(batch, compute_dtype), train=False)
         return jax.nn.sigmoid(logits.astype(np.float32))
 
-    (b,) = jax.export.symbolic_shape(BATCH) if batch_size is None else (batch_size,)
-    keys = [k for k in MODEL_INPUT_KEYS if k in example]
-    param_structs = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves]
-
-    # Inputs the model never reads (e.g. text for a video-only model) are left out, so callers
-    # need not make them up: those the traced function passes to no operation.
-    structs = {k: jax.ShapeDtypeStruct((1, *example[k].shape[1:]), example[k].dtype) for k in keys}
-    jaxpr = jax.make_jaxpr(scores_fn)(param_structs, structs).jaxpr
-    read = {id(v) for eqn in jaxpr.eqns for v in eqn.invars} | {id(v) for v in jaxpr.outvars}
-    input_vars = dict(zip(sorted(keys), jaxpr.invars[len(leaves) :], strict=True))
-    unread = [k for k in keys if id(input_vars[k]) not in read]
-    if unread:
-        log(f"Leaving out inputs the model does not read: {unread}")
-        keys = [k for k in keys if k not in unread]
-    log(f"Exporting with batch dimension {b} ...")
-    structs = {k: jax.ShapeDtypeStruct((b, *example[k].shape[1:]), example[k].dtype) for k in keys}
-    exported = jax.export.export(jax.jit(scores_fn), platforms=tuple(platforms))(
-        param_structs, structs
-    )
-    serialized = exported.serialize()
-
+    keys, serialized, platforms_ = _lower(scores_fn, leaves, example, batch_size, platforms, log)
     dim = BATCH if batch_size is None else batch_size
     header = {
         "format": FORMAT,
@@ -139,11 +126,8 @@ def export(
         "num_classes": d.num_classes,
         "step": step,
         "dtype": config.dtype,
-        "platforms": list(exported.platforms),
-        "inputs": [
-            {"name": k, "shape": [dim, *example[k].shape[1:]], "dtype": str(example[k].dtype)}
-            for k in keys
-        ],
+        "platforms": platforms_,
+        "inputs": _inputs(keys, example, dim),
         "ignored_inputs": [k for k in (*MODEL_INPUT_KEYS, *PIPELINE_ONLY_KEYS) if k not in keys],
         "output": {"name": "scores", "shape": [dim, d.num_classes], "dtype": "float32"},
         "num_variables": len(leaves),
@@ -153,9 +137,62 @@ def export(
         "text_vocab_size": int(d.get("text_vocab_size", 0) or 0),  # for the server's checks
         "weights": config.compress.weight_dtype if quantized else "float32",
     }
+    _write(out, header, serialized, leaves, log)
+    return header
+
+
+def _host_leaves(variables) -> tuple[list[np.ndarray], object]:
+    """The variables' leaves as numpy arrays .npz can hold, and their treedef."""
+    flat, treedef = jax.tree_util.tree_flatten_with_path(jax.device_get(variables))
+    leaves = []
+    for path, x in flat:
+        x = np.asarray(x)
+        if x.dtype.kind not in "biuf":  # e.g. bfloat16 (kind 'V'), which .npz cannot hold
+            raise ExportError(
+                f"variable {jax.tree_util.keystr(path)} has dtype {x.dtype}; expected a numpy "
+                "bool, integer or float dtype"
+            )
+        leaves.append(x)
+    return leaves, treedef
+
+
+def _inputs(keys: list[str], example: dict, dim) -> list[dict]:
+    return [
+        {"name": k, "shape": [dim, *example[k].shape[1:]], "dtype": str(example[k].dtype)}
+        for k in keys
+    ]
+
+
+def _lower(fn, leaves, example: dict, batch_size, platforms, log) -> tuple[list, bytes, list]:
+    """fn(param_leaves, batch) exported for `platforms`: (input keys it reads, bytes, platforms).
+
+    Inputs the function never reads (e.g. text for a video-only model) are left out, so callers
+    need not make them up.
+    """
+    (b,) = jax.export.symbolic_shape(BATCH) if batch_size is None else (batch_size,)
+    keys = [k for k in MODEL_INPUT_KEYS if k in example]
+    param_structs = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves]
+
+    # Inputs the model never reads (e.g. text for a video-only model) are left out, so callers
+    # need not make them up: those the traced function passes to no operation.
+    structs = {k: jax.ShapeDtypeStruct((1, *example[k].shape[1:]), example[k].dtype) for k in keys}
+    jaxpr = jax.make_jaxpr(fn)(param_structs, structs).jaxpr
+    read = {id(v) for eqn in jaxpr.eqns for v in eqn.invars} | {id(v) for v in jaxpr.outvars}
+    input_vars = dict(zip(sorted(keys), jaxpr.invars[len(leaves) :], strict=True))
+    unread = [k for k in keys if id(input_vars[k]) not in read]
+    if unread:
+        log(f"Leaving out inputs the model does not read: {unread}")
+        keys = [k for k in keys if k not in unread]
+    log(f"Exporting with batch dimension {b} ...")
+    structs = {k: jax.ShapeDtypeStruct((b, *example[k].shape[1:]), example[k].dtype) for k in keys}
+    exported = jax.export.export(jax.jit(fn), platforms=tuple(platforms))(param_structs, structs)
+    return keys, bytes(exported.serialize()), list(exported.platforms)
+
+
+def _write(out: str, header: dict, serialized: bytes, leaves: list, log) -> None:
     arrays = {
         "header": np.frombuffer(json.dumps(header, indent=1).encode(), np.uint8),
-        "exported": np.frombuffer(bytes(serialized), np.uint8),
+        "exported": np.frombuffer(serialized, np.uint8),
     }
     arrays.update({f"param_{i}": x for i, x in enumerate(leaves)})
     _write_atomically(out, arrays)
@@ -165,6 +202,111 @@ def export(
         f"{len(serialized) / 2**10:.0f} KiB program for {', '.join(header['platforms'])}); "
         "inputs " + ", ".join(f"{i['name']} {i['dtype']}{i['shape']}" for i in header["inputs"])
     )
+
+
+# An encoder run's towers, each exported as its own file (`output`): unit embeddings [b, E].
+ENCODER_OUTPUTS = {"retrieval": ("video", "text"), "audiovisual": ("rgb", "audio")}
+TOWER_INPUTS = {
+    "video": ("rgb", "audio", "mask"),
+    "text": ("text_tokens", "text_mask"),
+    "rgb": ("rgb", "mask"),
+    "audio": ("audio", "mask"),
+}
+
+
+def _export_encoder(task, workdir, out, step, batch_size, platforms, log, output) -> dict:
+    """One tower of a retrieval or audio-visual run: embeddings = tower(variables, batch)."""
+    import jax.numpy as jnp
+
+    from vmjax import __version__
+    from vmjax import run as run_lib
+    from vmjax.data import pipeline
+    from vmjax.data.device import DTYPES, cast_floats, model_inputs
+    from vmjax.errors import UserError
+    from vmjax.train import audiovisual, contrastive, retrieval
+
+    outputs = ENCODER_OUTPUTS[task]
+    output = output or outputs[0]
+    if output not in outputs:
+        raise ExportError(f"output={output!r}: a {task} run exports one of {outputs}")
+    try:
+        if task == "retrieval":
+            run = retrieval.load_trained(workdir, step=step)
+            config, params, step = run.config, run.params, run.step
+            model = retrieval.setup(config)[0]
+            length = None
+            if isinstance(run.tokenizer, retrieval.MiniLMTokenizer):
+                length = run.tokenizer.length(config.data.max_caption_tokens)
+            example = retrieval.example_batch(config, length=length)
+            vocab = int(run.tokenizer.vocab_size)
+        else:
+            opened = run_lib.Run.open(workdir, task=task)
+            config = opened.config
+            model, _, place_ = audiovisual.setup(config)
+            params, step = contrastive.restore_params(place_, opened, step)
+            example = audiovisual.model_batch(pipeline.config_example_batch(config.data))
+            vocab = 0
+    except UserError as e:
+        raise ExportError(str(e)) from None
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    log(
+        f"Run {workdir}: {task} encoder, its {output} tower; restored step {step} of "
+        f"{config.num_train_steps}"
+    )
+    leaves, treedef = _host_leaves({"params": params})
+    compute_dtype = DTYPES[config.dtype]
+
+    def embed_fn(param_leaves, batch):
+        v = dict(jax.tree.unflatten(treedef, param_leaves))
+        v["params"] = cast_floats(v["params"], compute_dtype)
+        # only the tower's own inputs, so the file asks for no other (see `_lower`)
+        inputs = model_inputs({k: batch[k] for k in TOWER_INPUTS[output]}, compute_dtype)
+        if task == "retrieval" and output == "text":
+            method = retrieval.JointEmbedding.embed_text
+            out = model.apply(
+                v, inputs["text_tokens"], inputs["text_mask"], train=False, method=method
+            )
+        elif task == "retrieval":
+            method = retrieval.JointEmbedding.embed_video
+            out = model.apply(v, inputs, train=False, method=method)
+        else:  # each modality's embedding reads only its frames and the mask: zeros elsewhere
+            for other in ENCODER_OUTPUTS[task]:
+                if other != output:
+                    shape = (inputs[output].shape[0], *example[other].shape[1:])
+                    inputs[other] = jnp.zeros(shape, compute_dtype)
+            out = model.apply(v, inputs, train=False)[output]
+        return out.astype(np.float32)
+
+    keys, serialized, platforms_ = _lower(embed_fn, leaves, example, batch_size, platforms, log)
+    dim = BATCH if batch_size is None else batch_size
+    embed_dim = jax.eval_shape(
+        embed_fn,
+        [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves],
+        {k: jax.ShapeDtypeStruct((1, *example[k].shape[1:]), example[k].dtype) for k in keys},
+    ).shape[-1]
+    header = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "vmjax_version": __version__,
+        "jax_version": jax.__version__,
+        "task": task,
+        "model": f"{task} encoder: {output} tower",
+        "data_level": config.data.level,
+        "num_classes": None,  # not a classifier: vmjax.serve serves classifier files only
+        "step": step,
+        "dtype": config.dtype,
+        "platforms": platforms_,
+        "inputs": _inputs(keys, example, dim),
+        "ignored_inputs": [k for k in (*MODEL_INPUT_KEYS, *PIPELINE_ONLY_KEYS) if k not in keys],
+        "output": {"name": f"{output}_embeddings", "shape": [dim, embed_dim], "dtype": "float32"},
+        "num_variables": len(leaves),
+        "num_parameters": int(sum(x.size for x in leaves)),
+        "class_names": None,
+        "workdir": workdir,
+        "text_vocab_size": vocab,
+        "weights": "float32",
+    }
+    _write(out, header, serialized, leaves, log)
     return header
 
 
@@ -234,7 +376,8 @@ def _open(path: str) -> tuple[dict, np.lib.npyio.NpzFile]:
 
 
 def load(path: str) -> Callable[[dict], np.ndarray]:
-    """The exported scorer: {input name: array} -> float32 scores [b, num_classes].
+    """The exported function: {input name: array} -> float32 scores [b, num_classes] (or an
+    encoder's embeddings [b, E]; header['output'] says which).
 
     Needs only jax and numpy. Inputs are checked against the header (names, non-batch shapes,
     dtypes); keys a pipeline batch carries that the model does not read are ignored.
@@ -321,6 +464,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=",".join(PLATFORMS),
         help="comma-separated backends the file will run on (default: %(default)s)",
     )
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="what the file computes: a classifier's 'scores' (default), or one tower of an "
+        "encoder run: a retrieval run's 'video' (default) or 'text' embeddings, an audio-visual "
+        "run's 'rgb' (default) or 'audio'",
+    )
     args = parser.parse_args(argv)
     platforms = [p for p in args.platforms.split(",") if p]
     unknown = sorted(set(platforms) - set(KNOWN_PLATFORMS))
@@ -340,6 +490,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             step=args.step,
             batch_size=args.batch_size,
             platforms=platforms,
+            output=args.output,
         )
     except (ExportError, UserError) as e:  # the user's run or flags: a message, no traceback
         print(f"error: {e}", file=sys.stderr)

@@ -29,8 +29,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint_every = 500  # save a checkpoint every N steps (and at the end)
     c.keep_checkpoints = 3  # how many checkpoints orbax keeps
     c.log_every = 50  # train loss to the progress bar and TensorBoard every N steps
+    c.on_nonfinite_loss = "stop"  # NaN/Inf loss: 'stop' (name the step) or 'skip' the update
     c.divergence_factor = 100.0  # train loss above this x the first step's loss = diverged
-    c.on_divergence = "stop"  # diverged: 'stop' (name the step and last good checkpoint) or 'off'
+    # diverged: 'stop' (name the step and last good checkpoint), 'skip' the update (a step whose
+    # loss is above the limit keeps the old parameters), or 'off'
+    c.on_divergence = "stop"
+    c.divergence_max_skips = 10  # on_divergence='skip': stop after this many consecutive skips
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.fsdp = 1  # shard parameters and optimizer state over this many devices
@@ -49,7 +53,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.shuffle_buffer = 4096  # examples in the shuffle window
     c.data.cycle_length = 8  # files read concurrently (interleaved)
     c.data.prefetch = 2  # batches prepared ahead in a thread
-    c.data.workers = 0  # reader processes (grain mp_prefetch); 0 reads in this process
+    # reader processes (grain mp_prefetch): 'auto' one per core, fewer for few files or
+    # cores (vmjax.data.pipeline.worker_count); 0 reads in this process. Int or 'auto'.
+    c.data.workers = ml_collections.FieldReference("auto", field_type=object)
     c.data.cache_dir = "~/.cache/vmjax"  # where the embedded dataset is generated once
     c.data.synthetic = ml_collections.ConfigDict()  # the dataset (vmjax.data.synthetic.Spec)
     c.data.synthetic.seed = 0  # generator seed (separate from training seed)

@@ -50,7 +50,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.grad_accum = 1  # split each batch into this many micro-batches (sums their gradients)
     c.on_nonfinite_loss = "stop"  # NaN/Inf loss: 'stop' (name the step) or 'skip' the update
     c.divergence_factor = 100.0  # train loss above this x the first step's loss = diverged
-    c.on_divergence = "stop"  # diverged: 'stop' (name the step and last good checkpoint) or 'off'
+    # diverged: 'stop' (name the step and last good checkpoint), 'skip' the update (retrieval and
+    # audio-visual trainers only), or 'off'
+    c.on_divergence = "stop"
+    c.divergence_max_skips = 10  # on_divergence='skip': stop after this many consecutive skips
     c.log_batches = False  # write a hash of every train batch to workdir/batches.jsonl
 
     c.data = ml_collections.ConfigDict()
@@ -67,7 +70,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.shuffle_buffer = 4096  # examples in the shuffle window
     c.data.cycle_length = 8  # files read concurrently (interleaved)
     c.data.prefetch = 2  # batches prepared ahead (in a thread, or per worker process)
-    c.data.workers = 0  # reader processes (grain mp_prefetch); 0 reads in this process
+    # reader processes (grain mp_prefetch): 'auto' one per core, fewer for few files or
+    # cores (vmjax.data.pipeline.worker_count); 0 reads in this process. Int or 'auto'.
+    c.data.workers = ml_collections.FieldReference("auto", field_type=object)
     c.data.segment_classes = ""  # --segments predict: CSV with an Index column; '' = 2019 vocab
     c.data.segment_pad_past_end = False  # --segments: zero-pad segments past the last frame
     c.data.on_error = "raise"  # bad records: 'raise' (name file, record, field) or 'skip' them
@@ -168,6 +173,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         video_level = models[0] in ("logistic", "moe")
         c.data.level = "video" if video_level else "frame"
     if "smoke" in presets:
+        c.data.workers = 0  # a smoke run lasts seconds: less than starting workers takes
         c.batch_size = 32
         c.eval_batch_size = 64
         c.num_train_steps = 40

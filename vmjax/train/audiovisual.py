@@ -23,7 +23,9 @@ study rows.
 Data as the classifier's: config.data (YT8M frame-level TFRecords or ArrayRecord, or the
 embedded dataset), read by vmjax.train.loop's streams and sharded like them; padding rows are
 masked out of the loss. Steps, checkpoints, resume, TensorBoard and metrics.jsonl:
-vmjax.train.contrastive. One process only (the evaluation gathers embeddings on the host).
+vmjax.train.contrastive. Several processes (jax.distributed) each read their share of the
+files; the jitted step sees the global batch, so every video's negatives are the whole global
+batch's, and the evaluation's embeddings come back replicated to every process.
 """
 
 from __future__ import annotations
@@ -66,11 +68,6 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError("audio-visual pretraining reads YT8M features, not video files")
     if config.dtype not in DTYPES:
         raise ValueError(f"config.dtype={config.dtype!r}; expected one of {sorted(DTYPES)}")
-    if jax.process_count() > 1:
-        raise NotImplementedError(
-            "vmjax.train.audiovisual runs in one process (any number of local devices); "
-            f"this job has {jax.process_count()} processes"
-        )
     parallel.local_batch_size(config.batch_size)
     parallel.local_batch_size(config.eval_batch_size, "eval_batch_size")
     p = config.pretrain
@@ -230,7 +227,10 @@ def embed_files(place_: Placement, params, config, files: list[str]) -> dict[str
     """Unit rgb and audio embeddings `[N, E]` of every real video of `files`, in file order."""
     spec = pipeline.BatchSpec.from_config(config.data)
     parts = {m: [] for m in MODALITIES}
-    for batch in inputs.eval_stream(config, spec, files, config.eval_batch_size):
+    batch_size = parallel.local_batch_size(config.eval_batch_size, "eval_batch_size")
+    batches = inputs.eval_stream(config, spec, files, batch_size)
+    # Each process embeds its files' share; the embeddings come back as the global batch's.
+    for batch in inputs.eval_batches_in_step(batches, config.data, batch_size):
         out = place_.embed(params, batch)
         real = np.asarray(out["weights"]) > 0
         for m in MODALITIES:
@@ -268,17 +268,40 @@ def train_and_evaluate(
     run_lib.Run.check_resume(config, workdir, allow)  # before anything is written
     train_files, eval_files, data_dir = inputs.resolve_data(config)
     resolved = inputs.resolved_info(train_files, eval_files, data_dir)
-    with run_lib.training(config, workdir, resolved, allow=allow) as run:
+    is_main = jax.process_index() == 0
+    with run_lib.training(config, workdir, resolved, allow=allow, main_process=is_main) as run:
         _, _, place_ = setup(config)
         spec = pipeline.BatchSpec.from_config(config.data)
-        train_iter = inputs.train_stream(config, spec, train_files, config.batch_size)
+        local_batch = parallel.local_batch_size(config.batch_size)
+        train_iter = inputs.train_stream(config, spec, train_files, local_batch)
         task = contrastive.task(
             place_,
+            config,
             evaluate=lambda params: evaluate(place_, params, config, eval_files),
             log_eval=_log_eval,
             desc="pretrain audio-visual",
         )
         return fit_lib.fit(config, run, task, train_iter)
+
+
+# What shapes the checkpoints: a config for `--mode eval` must agree with the run's on these.
+_MUST_MATCH = ("model", "pretrain.embed_dim", "data.level", "data.max_frames", "dtype")
+
+
+def evaluate_checkpoint(
+    config: ml_collections.ConfigDict, workdir: str, step: int | None = None
+) -> dict:
+    """The recall metrics of checkpoint `step` (default: the newest good one) of a pretraining
+    run on its eval data, as training evaluates; written to WORKDIR/eval/step_N.json."""
+    run = run_lib.Run.open(workdir, task=TASK)
+    contrastive.check_same_shapes(config, run, _MUST_MATCH)
+    check_config(config)
+    _, eval_files, _ = inputs.resolve_data(config)
+    _, _, place_ = setup(config)
+    params, step = contrastive.restore_params(place_, run, step)
+    result = {"step": step, **evaluate(place_, params, config, eval_files)}
+    contrastive.write_eval(run.workdir, result)
+    return result
 
 
 def _log_eval(result: dict, writer, progress) -> None:

@@ -10,9 +10,12 @@ TensorBoard, metrics.jsonl and checkpoints with the data iterator's state.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -20,6 +23,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from vmjax import metrics
+from vmjax import run as run_lib
+from vmjax.errors import RunDirectoryError
 from vmjax.train import fit as fit_lib
 from vmjax.train import logs, parallel
 
@@ -28,10 +33,10 @@ from vmjax.train import logs, parallel
 class Placement:
     """The steps jitted over a ('data', 'fsdp') mesh, and how to put state and batches there.
 
-    init() -> the initial state (host layout); train(state, device_batch, rng) -> (state,
-    metrics); embed(params, host_batch) -> host numpy dict; model_batch(host_batch) -> the
-    arrays the device steps read; embed_text(params, tokens, mask) -> host numpy `[B, E]`
-    (retrieval only).
+    init() -> the initial state (host layout); train(state, device_batch, rng, max_loss) ->
+    (state, metrics), see `guarded`; embed(params, host_batch) -> host numpy dict;
+    model_batch(host_batch) -> the arrays the device steps read; embed_text(params, tokens,
+    mask) -> host numpy `[B, E]` (retrieval only).
     """
 
     mesh: jax.sharding.Mesh
@@ -78,7 +83,11 @@ def place(
             batch,
         )
 
-    train = jax.jit(train_step, out_shardings=(None, replicated), donate_argnums=0)
+    train = jax.jit(
+        guarded(train_step, skip_nonfinite=config.on_nonfinite_loss == "skip"),
+        out_shardings=(None, replicated),
+        donate_argnums=0,
+    )
     embed = jax.jit(embed_step, out_shardings=replicated)
     create = jax.jit(init)
     embed_text = None
@@ -86,7 +95,11 @@ def place(
         jitted_text = jax.jit(embed_text_step, out_shardings=replicated)
 
         def embed_text(params, tokens, mask):
-            return np.asarray(jitted_text(params, *put_batch((tokens, mask))))
+            # The same rows on every process: each puts its share, so the global array is them.
+            n, i = jax.process_count(), jax.process_index()
+            share = len(tokens) // n
+            mine = slice(i * share, (i + 1) * share)
+            return np.asarray(jitted_text(params, *put_batch((tokens[mine], mask[mine]))))
 
     return Placement(
         mesh,
@@ -98,6 +111,34 @@ def place(
         model_batch,
         embed_text,
     )
+
+
+def guarded(train_step: Callable, *, skip_nonfinite: bool) -> Callable:
+    """train_step(state, batch, rng) -> step(state, batch, rng, max_loss) that may keep the
+    old parameters and optimizer state (the step counter still advances).
+
+    metrics['finite']: the loss, gradient norm and new parameters are finite; where not, and
+    `skip_nonfinite`, the update is dropped. metrics['diverged']: a finite loss above `max_loss`
+    (config.on_divergence='skip'; inf otherwise): the update is dropped.
+    """
+
+    def step(state, batch, rng, max_loss=float("inf")):
+        new, metrics = train_step(state, batch, rng)
+        loss = metrics["loss"]
+        params_finite = jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(new.params)])
+        finite = jnp.isfinite(loss) & jnp.isfinite(metrics["grad_norm"]) & params_finite.all()
+        diverged = finite & (loss > max_loss)
+        update = ~diverged & finite if skip_nonfinite else ~diverged
+
+        def keep(new_tree, old_tree):
+            return jax.tree.map(lambda a, b: jnp.where(update, a, b), new_tree, old_tree)
+
+        new = new.replace(
+            params=keep(new.params, state.params), opt_state=keep(new.opt_state, state.opt_state)
+        )
+        return new, {**metrics, "finite": finite, "diverged": diverged}
+
+    return step
 
 
 _SETUPS: dict[tuple, tuple] = {}  # (builder, config JSON) -> (model, tx, Placement)
@@ -120,6 +161,7 @@ def memoized(config: ml_collections.ConfigDict, build: Callable) -> tuple:
 
 def task(
     place_: Placement,
+    config: ml_collections.ConfigDict,
     *,
     evaluate: Callable[[object], dict],
     log_eval: Callable[[dict, logs.Writer, object], None],
@@ -128,15 +170,17 @@ def task(
     """The contrastive trainers' Task for the one loop (vmjax.train.fit).
 
     evaluate(params) -> metrics, every `eval_every` steps and at the end; log_eval(result,
-    writer, progress) writes them. Each step's dropout key is fold_in(state.rng, step).
+    writer, progress) writes them. Each step's dropout key is fold_in(state.rng, step). The
+    steps can skip NaN/Inf and diverged updates (config.on_nonfinite_loss / on_divergence).
     """
     state = place_.init()
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info("%s: %s parameters on %d devices", desc, f"{num_params:,}", jax.device_count())
 
-    def train_step(state, batch, step):
+    def train_step(state, batch, step, max_loss=float("inf")):
         device_batch = place_.put_batch(place_.model_batch(batch))
-        return place_.train(state, device_batch, jax.random.fold_in(state.rng, step))
+        rng = jax.random.fold_in(state.rng, step)
+        return place_.train(state, device_batch, rng, max_loss)
 
     return fit_lib.Task(
         desc=desc,
@@ -145,7 +189,53 @@ def task(
         evaluate=lambda state, step: evaluate(state.params),
         log_eval=log_eval,
         put_state=place_.put_state,
+        on_nonfinite_loss=config.on_nonfinite_loss,
+        skips=("nonfinite", "divergence"),
     )
+
+
+def check_same_shapes(
+    config: ml_collections.ConfigDict, run: run_lib.Run, must_match: tuple[str, ...]
+) -> None:
+    """RunDirectoryError when `config` describes other checkpoints than `run`'s stored config."""
+    diff = run_lib.changes(run_lib.config_json(run.config), run_lib.config_json(config))
+    bad = [k for k in diff if any(k == p or k.startswith(p + ".") for p in must_match)]
+    if bad:
+        listed = ", ".join(f"{k}: {diff[k][0]!r} (run) vs {diff[k][1]!r}" for k in bad[:4])
+        raise RunDirectoryError(
+            f"the config differs from the run's in {listed}; {run.workdir}'s checkpoints were "
+            "trained with the run's own config (pass the run's config)"
+        )
+
+
+def restore_params(place_: Placement, run: run_lib.Run, step: int | None) -> tuple:
+    """(params on the mesh, step) of checkpoint `step` (default: the newest good one).
+
+    The template comes from jax.eval_shape of the initial state; only the parameters and the
+    step are read, never the optimizer state.
+    """
+    from vmjax.train.checkpoint import restore_checkpoint
+
+    shapes = jax.eval_shape(place_.init)
+    replicated = NamedSharding(place_.mesh, P())
+    like = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+        {"params": shapes.params, "step": shapes.step},
+    )
+    state, step = restore_checkpoint(run.checkpoint_dir, like, step, partial=True)
+    return state["params"], step
+
+
+def write_eval(workdir: str, result: dict) -> str:
+    """WORKDIR/eval/step_N.json (process 0), as the classifier's `--mode eval` writes."""
+    out = os.path.join(workdir, "eval")
+    path = os.path.join(out, f"step_{result['step']}.json")
+    if jax.process_index() == 0:
+        os.makedirs(out, exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(result, f, indent=2, default=float)
+        logging.info("Wrote %s", path)
+    return path
 
 
 def infonce_np(video: np.ndarray, text_emb: np.ndarray, log_scale: float) -> float:

@@ -23,6 +23,7 @@ import numpy as np
 from absl import logging
 
 from vmjax import run as run_lib
+from vmjax.errors import UserError
 from vmjax.train import guards, logs
 from vmjax.train.checkpoint import Checkpointer
 
@@ -39,6 +40,10 @@ class Task:
     log_eval(result, writer, progress): its metrics.jsonl line and console line (process 0).
     put_state / checkpoint_view: between the host layout a checkpoint holds and the devices.
     after_step(step, host_batch) / at_end(state, step): hooks (the classifier's batch log).
+    skips: what train_step can skip, keeping the old parameters: 'nonfinite' (a NaN/Inf step,
+      with on_nonfinite_loss='skip') and 'divergence' (then with config.on_divergence='skip' it
+      is called with max_loss=, and a step whose loss is above it keeps the old parameters and
+      sets metrics['diverged']).
     """
 
     desc: str
@@ -51,6 +56,7 @@ class Task:
     on_nonfinite_loss: str = "stop"
     before_step: Callable[[int, dict], None] | None = None
     at_end: Callable[[Any, int], None] | None = None
+    skips: tuple[str, ...] = ("nonfinite",)
 
 
 def fit(
@@ -69,6 +75,7 @@ def fit(
     stalled; running the same command again continues exactly from there).
     """
     is_main = jax.process_index() == 0
+    check_skips(config, task)
     ckpt = Checkpointer(run.checkpoint_dir, config.keep_checkpoints)
     state = task.state
     restored = ckpt.resume(task.checkpoint_view(state), train_iter, config.num_train_steps)
@@ -79,8 +86,14 @@ def fit(
         run.forget_metrics_after(step)
 
     writer = logs.Writer(run, enabled=is_main)
-    nonfinite = guards.NonFiniteGuard(task.on_nonfinite_loss, ckpt)
-    divergence = guards.DivergenceGuard(config.on_divergence, config.divergence_factor, run, ckpt)
+    nonfinite = guards.NonFiniteGuard(task.on_nonfinite_loss, ckpt, "nonfinite" in task.skips)
+    divergence = guards.DivergenceGuard(
+        config.on_divergence,
+        config.divergence_factor,
+        run,
+        ckpt,
+        max_skips=config.divergence_max_skips,
+    )
     preemption = guards.Preemption()
     last_eval = None
     progress = logs.progress_bar(config, step, task.desc, disable=not is_main)
@@ -91,16 +104,23 @@ def fit(
                 batch = next(train_iter)
             if task.before_step:
                 task.before_step(step + 1, batch)
-            state, train_metrics = task.train_step(state, batch, step)
+            if divergence.skipping:
+                state, train_metrics = task.train_step(
+                    state, batch, step, max_loss=divergence.limit()
+                )
+            else:
+                state, train_metrics = task.train_step(state, batch, step)
             step += 1
             progress.update(1)
             finite = train_metrics.get("finite")
             nonfinite.add(step, jnp.isfinite(train_metrics["loss"]) if finite is None else finite)
+            divergence.add(step, train_metrics.get("diverged"))
             if step == 1:
                 divergence.first_step(train_metrics["loss"])
             last = step == config.num_train_steps
             if step % config.log_every == 0 or last:
                 nonfinite.check()
+                divergence.check_skips()
                 loss = float(train_metrics["loss"])
                 divergence.check(step, loss)
                 now = time.perf_counter()
@@ -108,12 +128,15 @@ def fit(
                 tick, tick_step = now, step
                 progress.set_postfix(loss=f"{loss:.3f}", ex_per_s=f"{rate:,.0f}")
                 for key, value in train_metrics.items():
-                    if key != "finite":
+                    if key not in ("finite", "diverged"):
                         writer.scalar(f"train/{key}", value, step)
                 writer.scalar("train/examples_per_s", rate, step)
                 writer.scalar("train/skipped_updates", nonfinite.skipped, step)
+                if divergence.skipping:
+                    writer.scalar("train/skipped_diverged", divergence.skipped, step)
             if step % config.eval_every == 0 or last:
                 nonfinite.check()
+                divergence.check_skips()
                 try:
                     result = task.evaluate(state, step)
                 except FloatingPointError as e:
@@ -124,6 +147,7 @@ def fit(
             preempted = preemption.reached(step)  # every process asks at every step
             if step % config.checkpoint_every == 0 or last or preempted:
                 nonfinite.check()  # never checkpoint parameters a NaN has reached
+                divergence.check_skips()
                 ckpt.save(step, task.checkpoint_view(state), train_iter)
             if preempted and not last:
                 ckpt.wait()
@@ -152,12 +176,27 @@ def fit(
             "data.on_error='skip': skipped %d bad %s in all (logged above)%s",
             bad_records.count,
             bad_what,
-            "; reader processes count their own" if config.data.get("workers") else "",
+            "; worker processes, if any, count their own" if config.data.get("workers") else "",
         )
     if last_eval is None:
         last_eval = run.last_eval()
         logging.info("Already trained to step %d; last evaluation: %s", step, last_eval)
     return last_eval
+
+
+def check_skips(config: ml_collections.ConfigDict, task: Task) -> None:
+    """Refuses a skip mode the task's step cannot do (trainers check it at the door, too)."""
+    wanted = {
+        "nonfinite": ("on_nonfinite_loss", task.on_nonfinite_loss),
+        "divergence": ("on_divergence", config.on_divergence),
+    }
+    for what, (key, mode) in wanted.items():
+        if mode == "skip" and what not in task.skips:
+            allowed = "'stop' or 'off'" if what == "divergence" else "'stop'"
+            raise UserError(
+                f"config.{key}='skip': the {task.desc!r} trainer cannot skip such steps; "
+                f"set it to {allowed}"
+            )
 
 
 def _say(progress, message: str) -> None:

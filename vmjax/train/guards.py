@@ -13,7 +13,7 @@ import jax
 import numpy as np
 from absl import logging
 
-DIVERGENCE_MODES = ("stop", "off")
+DIVERGENCE_MODES = ("stop", "skip", "off")
 
 
 class Stopped(Exception):
@@ -29,8 +29,9 @@ class NonFiniteGuard:
     step already kept the old parameters and this counts the skipped updates.
     """
 
-    def __init__(self, mode: str, ckpt):
+    def __init__(self, mode: str, ckpt, can_skip: bool = True):
         self.mode, self.ckpt, self.pending, self.skipped = mode, ckpt, [], 0
+        self.can_skip = can_skip  # the trainer supports on_nonfinite_loss='skip'
 
     def add(self, step: int, finite) -> None:
         self.pending.append((step, finite))
@@ -56,10 +57,10 @@ class NonFiniteGuard:
         raise self.error(f"train loss, gradient or parameter is NaN/Inf at step {bad[0]}")
 
     def error(self, what: str) -> FloatingPointError:
-        return FloatingPointError(
-            f"{what}; {last_good(self.ckpt)}. Lower the learning rate, or set "
-            "config.on_nonfinite_loss='skip' to skip updates with a NaN/Inf loss."
-        )
+        advice = "Lower config.optimizer.learning_rate"
+        if self.can_skip and self.mode != "skip":
+            advice += ", or set config.on_nonfinite_loss='skip' to skip updates with a NaN/Inf loss"
+        return FloatingPointError(f"{what}; {last_good(self.ckpt)}. {advice}.")
 
 
 def last_good(ckpt) -> str:
@@ -71,19 +72,27 @@ def last_good(ckpt) -> str:
 
 
 class DivergenceGuard:
-    """Stops a run whose train loss grows past `factor` times the loss of its first step.
+    """Stops (or skips) train steps whose loss grows past `factor` times the first step's loss.
 
     The reference is the loss of step 1 (before any update moved the parameters), kept in the
     run's history so a resumed run compares against the same number. NaN/Inf losses are the
-    NonFiniteGuard's. mode 'off' (or factor <= 0) disables it.
+    NonFiniteGuard's. mode 'stop' raises at the next log step naming the step and the last good
+    checkpoint; 'skip' hands the step `limit()` so it keeps the old parameters where its loss is
+    above it (metrics['diverged']), counts and logs those steps, and stops once `max_skips`
+    consecutive steps were skipped; 'off' (or factor <= 0) disables it.
     """
 
-    def __init__(self, mode: str, factor: float, run, ckpt):
+    def __init__(self, mode: str, factor: float, run, ckpt, max_skips: int = 1):
         if mode not in DIVERGENCE_MODES:
             raise ValueError(f"config.on_divergence={mode!r}; expected one of {DIVERGENCE_MODES}")
-        self.enabled = mode == "stop" and factor > 0
-        self.factor, self.run, self.ckpt = factor, run, ckpt
+        self.mode = mode if factor > 0 else "off"
+        self.enabled = self.mode == "stop"
+        self.skipping = self.mode == "skip"
+        self.factor, self.run, self.ckpt, self.max_skips = factor, run, ckpt, max_skips
         self.reference = run.first_train_loss() if run is not None else None
+        self.pending: list = []
+        self.skipped = 0  # skipped steps in all (this process's session)
+        self.consecutive: list[int] = []  # the current run of skipped steps
 
     def first_step(self, loss) -> None:
         """Records step 1's loss as the reference (once per run)."""
@@ -95,16 +104,58 @@ class DivergenceGuard:
             if jax.process_index() == 0:
                 self.run.record_first_train_loss(self.reference)
 
+    def limit(self) -> float:
+        """The highest loss a step may have and keep its update ('skip'; inf until step 1)."""
+        if self.reference is None:
+            return float("inf")
+        return self.factor * max(self.reference, 1e-8)
+
     def check(self, step: int, loss: float) -> None:
         if not self.enabled or self.reference is None or not np.isfinite(loss):
             return
-        limit = self.factor * max(self.reference, 1e-8)
+        limit = self.limit()
         if loss > limit:
             raise FloatingPointError(
                 f"the train loss diverged at step {step}: {loss:.4g} > config.divergence_factor "
                 f"{self.factor:g} x the first step's loss {self.reference:.4g}; "
                 f"{last_good(self.ckpt)}. Lower config.optimizer.learning_rate, or set "
-                "config.on_divergence='off'."
+                "config.on_divergence='skip' (skip such steps) or 'off'."
+            )
+
+    def add(self, step: int, diverged) -> None:
+        """A 'skip' step's `diverged` flag (a device scalar), read at the next `check_skips`."""
+        if self.skipping:
+            self.pending.append((step, diverged))
+
+    def check_skips(self) -> None:
+        """Counts and logs the skipped steps; raises after `max_skips` consecutive ones."""
+        if not self.pending:
+            return
+        steps = [s for s, _ in self.pending]
+        flags = np.asarray(jax.device_get([f for _, f in self.pending]))
+        self.pending = []
+        bad = [s for s, skipped in zip(steps, flags, strict=True) if skipped]
+        for s, skipped in zip(steps, flags, strict=True):
+            self.consecutive = [*self.consecutive, s] if skipped else []
+            if len(self.consecutive) >= self.max_skips:
+                first, last = self.consecutive[0], self.consecutive[-1]
+                raise FloatingPointError(
+                    f"the train loss diverged at step {last}: {len(self.consecutive)} consecutive "
+                    f"steps ({first}..{last}) had a loss above config.divergence_factor "
+                    f"{self.factor:g} x the first step's loss {self.reference:.4g} and were "
+                    f"skipped (config.divergence_max_skips={self.max_skips}); "
+                    f"{last_good(self.ckpt)}. Lower config.optimizer.learning_rate, or raise "
+                    "config.divergence_factor."
+                )
+        if bad:
+            self.skipped += len(bad)
+            logging.warning(
+                "Skipped %d update(s) whose train loss was above %g x the first step's loss "
+                "(on_divergence='skip') at steps %s (%d in all)",
+                len(bad),
+                self.factor,
+                bad[:10],
+                self.skipped,
             )
 
 

@@ -25,7 +25,9 @@ validate label frequencies as every video's scores (the class prior; it peeks at
 Outputs as the classifier's loop: WORKDIR/metrics.jsonl (one line per evaluation), TensorBoard
 events, orbax checkpoints with the data iterator state (resumed automatically), config.json
 (with the resolved dataset directory) and vocabulary.json (the caption tokenizer), so that
-vmjax.retrieval.build_index and `--mode retrieve` need only the workdir. One process only.
+vmjax.retrieval.build_index and `--mode retrieve` need only the workdir. Several processes
+(jax.distributed) each read their share of the files; the step's negatives are the global
+batch's, and evaluation embeddings (with their ids) come back whole to every process.
 
 Text tower (config.model.text_tower): 'lstm' reads the caption vocabulary's word ids; 'minilm'
 is a pretrained MiniLM (vmjax.models.minilm, config.model.minilm_checkpoint) whose params are
@@ -58,6 +60,7 @@ from vmjax import metrics
 from vmjax import run as run_lib
 from vmjax.data import captions, pipeline, synthetic, text
 from vmjax.data.device import DTYPES, cast_floats, model_inputs
+from vmjax.errors import RunDirectoryError
 from vmjax.models import minilm
 from vmjax.models.retrieval import TEXT_TOWERS, JointEmbedding, infonce_loss, logit_scale
 from vmjax.train import contrastive, parallel
@@ -85,11 +88,6 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         )
     if config.dtype not in DTYPES:
         raise ValueError(f"config.dtype={config.dtype!r}; expected one of {sorted(DTYPES)}")
-    if jax.process_count() > 1:
-        raise NotImplementedError(
-            "the retrieval trainer runs in one process (any number of local devices); "
-            f"this job has {jax.process_count()} processes"
-        )
     parallel.local_batch_size(config.batch_size)
     parallel.local_batch_size(config.eval_batch_size, "eval_batch_size")
     if config.model.text_embed_dim < 1 or config.data.caption_vocab_size < 3:
@@ -418,23 +416,65 @@ def embed_split(
     table = caption_table(
         captions.caption_path(data_dir, split), tokenizer, config.data.max_caption_tokens
     )
-    batches = captions.eval_batches(
-        split_files(data_dir, split),
-        batch_spec(config),
-        batch_size=config.eval_batch_size,
-        table=table,
-    )
+    batch_size = parallel.local_batch_size(config.eval_batch_size, "eval_batch_size")
+    files = pipeline.shard_files(split_files(data_dir, split), *_process())
+    batches = captions.eval_batches(files, batch_spec(config), batch_size=batch_size, table=table)
     parts: dict[str, list] = {"ids": [], "video": [], "text": [], "labels": []}
-    for batch in batches:
-        out = embed(params, batch)
+    for batch in _in_step(batches):
+        out = embed(params, batch)  # the global batch's rows, on every process
         real = np.asarray(out["weights"]) > 0
-        parts["ids"].append(batch["ids"][real])
+        parts["ids"].append(gather_ids(batch["ids"])[real])
         for key in ("video", "text", "labels"):
             parts[key].append(np.asarray(out[key])[real])
     result = Embedded(*(np.concatenate(parts[k]) for k in ("ids", "video", "text", "labels")))
     if not np.isfinite(result.video).all() or not np.isfinite(result.text).all():
         raise FloatingPointError("embeddings are NaN/Inf: the parameters have diverged")
     return result
+
+
+def _process() -> tuple[int, int]:
+    return jax.process_index(), jax.process_count()
+
+
+def _in_step(batches):
+    """This process's eval batches; with several processes, until every process is done.
+
+    Every process must join each (collective) embedding step, so one whose share ran out joins
+    with empty batches (weight 0, id '') until the last one finishes.
+    """
+    if jax.process_count() == 1:
+        yield from batches
+        return
+    from jax.experimental import multihost_utils
+
+    empty = None  # shaped as this process's last batch (a MiniLM tower's caption length)
+    batches = iter(batches)
+    while True:
+        batch = next(batches, None)
+        if not multihost_utils.process_allgather(np.array(batch is not None)).any():
+            return
+        if batch is not None:
+            empty = {k: np.zeros_like(v) for k, v in batch.items() if k != "ids"}
+            empty["ids"] = np.full(len(batch["ids"]), "", object)
+        yield batch if batch is not None else empty
+
+
+_ID_BYTES = 64  # YT8M ids are 4-11 characters; longer ids are an error
+
+
+def gather_ids(ids: np.ndarray) -> np.ndarray:
+    """The global batch's video ids (in the order of its rows) from this process's `ids`."""
+    if jax.process_count() == 1:
+        return np.asarray(ids)
+    from jax.experimental import multihost_utils
+
+    encoded = [str(i).encode() for i in np.asarray(ids).tolist()]
+    if any(len(e) > _ID_BYTES for e in encoded):
+        raise ValueError(f"a video id is longer than {_ID_BYTES} bytes: {max(encoded, key=len)}")
+    codes = np.frombuffer(np.array(encoded, f"S{_ID_BYTES}").tobytes(), np.uint8)
+    codes = codes.reshape(len(encoded), _ID_BYTES)
+    every = np.asarray(multihost_utils.process_allgather(codes, tiled=True))
+    return np.array([bytes(row).rstrip(b"\0").decode() for row in every], object)
 
 
 def tokenize(tokenizer, texts: list[str], max_tokens: int) -> tuple[np.ndarray, np.ndarray]:
@@ -542,8 +582,10 @@ def train_and_evaluate(
     run_lib.Run.check_resume(config, workdir, allow)  # before anything is written
     data_dir, caption_tokenizer = prepare_data(config)
     resolved = _resolved(config, data_dir, caption_tokenizer)
-    with run_lib.training(config, workdir, resolved, allow=allow) as run:
-        shutil.copyfile(captions.vocabulary_path(data_dir), run.path(VOCABULARY))
+    is_main = jax.process_index() == 0
+    with run_lib.training(config, workdir, resolved, allow=allow, main_process=is_main) as run:
+        if is_main:
+            shutil.copyfile(captions.vocabulary_path(data_dir), run.path(VOCABULARY))
         tokenizer = text_tokenizer(config, caption_tokenizer)
 
         _, _, place_ = setup(config)
@@ -554,10 +596,10 @@ def train_and_evaluate(
         d = config.data
         train_iter = iter(
             captions.train_dataset(
-                split_files(data_dir, "train"),
+                pipeline.shard_files(split_files(data_dir, "train"), *_process()),
                 batch_spec(config),
                 table=table,
-                batch_size=config.batch_size,
+                batch_size=parallel.local_batch_size(config.batch_size),
                 seed=config.seed,
                 shuffle_buffer=d.shuffle_buffer,
                 cycle_length=d.cycle_length,
@@ -567,11 +609,26 @@ def train_and_evaluate(
         )
         task = contrastive.task(
             place_,
+            config,
             evaluate=lambda params: evaluate(place_, params, config, data_dir, tokenizer),
             log_eval=_log_eval,
             desc="train retrieval",
         )
         return fit_lib.fit(config, run, task, train_iter)
+
+
+def evaluate_checkpoint(
+    config: ml_collections.ConfigDict, workdir: str, step: int | None = None
+) -> dict:
+    """Retrieval and zero-shot metrics of checkpoint `step` (default: the newest good one) on
+    the run's validate split, as training evaluates; written to WORKDIR/eval/step_N.json."""
+    trained = load_trained(workdir, config, step)
+    metrics_ = evaluate(
+        trained.place, trained.params, trained.config, trained.data_dir, trained.tokenizer
+    )
+    result = {"step": trained.step, **metrics_}
+    contrastive.write_eval(os.path.abspath(os.path.expanduser(workdir)), result)
+    return result
 
 
 def _log_eval(result: dict, writer, progress) -> None:
@@ -644,14 +701,14 @@ def load_trained(
     else:
         for what, get in _MUST_MATCH.items():
             if get(config) != get(saved):
-                raise ValueError(
+                raise RunDirectoryError(
                     f"the config's {what} {get(config)} differs from the run's "
                     f"({workdir}: {get(saved)}); pass the run's config"
                 )
     check_config(config)
     vocabulary = os.path.join(workdir, VOCABULARY)
     if not os.path.exists(vocabulary):
-        raise FileNotFoundError(f"{vocabulary} does not exist: train the run first (--mode train)")
+        raise RunDirectoryError(f"{vocabulary} does not exist: train the run first (--mode train)")
     tokenizer = text_tokenizer(config, text.Tokenizer.load(vocabulary))
     data_dir = run_lib.Run.open(workdir).resolved["embedded_data_dir"]
     _, _, place_ = setup(config)
