@@ -358,7 +358,11 @@ def write_results(rows: list[dict], oracle: dict, path: str, budget: str) -> Non
         "video-level features (mean rgb + mean audio); their params count fitted coefficients "
         "or tree nodes. train ex/s is wall-clock throughput of the whole row (evaluation "
         "included; for scikit-learn: train videos / fit seconds) on a shared VM, where the "
-        "same row varies by about 30% between runs.",
+        "same row varies by about 30% between runs. Views: every row reads the embedded "
+        "dataset's per-frame features, one view per video (the whole clip of up to "
+        "max_frames frames); no row decodes pixels, so the pixel configs' multi-view "
+        "evaluation (eval.num_clips x eval.num_crops, vivit_pixels and vivit_k400) is not "
+        "used here.",
         "",
         f"![GAP against parameters, and per kind]({image.parent.name}/{image.name})",
         "",
