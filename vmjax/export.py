@@ -292,7 +292,7 @@ def _export_encoder(task, workdir, out, step, batch_size, platforms, log, output
         "task": task,
         "model": f"{task} encoder: {output} tower",
         "data_level": config.data.level,
-        "num_classes": None,  # not a classifier: vmjax.serve serves classifier files only
+        "num_classes": None,  # not a classifier (vmjax.serve answers a video tower's embeddings)
         "step": step,
         "dtype": config.dtype,
         "platforms": platforms_,

@@ -18,7 +18,7 @@ from tests.train.test_retrieval_training import get_config
 from vmjax import commands
 from vmjax import export as export_lib
 from vmjax import run as run_lib
-from vmjax.data import pipeline, synthetic
+from vmjax.data import pipeline, synthetic, tfrecord
 from vmjax.train import audiovisual, contrastive, guards, inputs, retrieval
 
 SMALL = dict(seed=3, num_train=64, num_validate=32, min_frames=4, max_frames=8)
@@ -206,7 +206,18 @@ def test_retrieval_eval_mode_gives_the_latest_checkpoints_recall(skipped, capsys
         assert result[key] == pytest.approx(logged[key], rel=1e-5, abs=1e-6), key
 
 
-def test_retrieval_towers_export_and_load_without_model_code(skipped, tmp_path):
+@pytest.fixture(scope="module")
+def retrieval_towers(skipped, tmp_path_factory) -> dict[str, str]:
+    """The retrieval run's towers, each exported by the command line: {tower: file}."""
+    _, workdir, _ = skipped
+    out = tmp_path_factory.mktemp("retrieval_towers")
+    paths = {tower: str(out / f"{tower}.npz") for tower in ("video", "text")}
+    for tower, path in paths.items():
+        export_lib.main(["--workdir", workdir, "--out", path, "--output", tower])
+    return paths
+
+
+def test_retrieval_towers_export_and_load_without_model_code(skipped, retrieval_towers):
     config, workdir, _ = skipped
     trained = retrieval.load_trained(workdir)
     embedded = retrieval.embed_split(
@@ -218,8 +229,7 @@ def test_retrieval_towers_export_and_load_without_model_code(skipped, tmp_path):
         ("video", {"rgb", "audio", "mask"}),
         ("text", {"text_tokens", "text_mask"}),
     ):
-        path = str(tmp_path / f"{tower}.npz")
-        export_lib.main(["--workdir", workdir, "--out", path, "--output", tower])
+        path = retrieval_towers[tower]
         header = export_lib.read_header(path)
         assert {i["name"] for i in header["inputs"]} == inputs_
         assert header["output"]["name"] == f"{tower}_embeddings" and header["step"] == 6
@@ -269,7 +279,18 @@ def pretrained(cache, tmp_path_factory):
     return config, workdir
 
 
-def test_audiovisual_eval_mode_and_export_of_each_modality(pretrained, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def av_towers(pretrained, tmp_path_factory) -> dict[str, str]:
+    """The audio-visual run's rgb and audio towers, exported: {modality: file}."""
+    _, workdir = pretrained
+    out = tmp_path_factory.mktemp("av_towers")
+    paths = {modality: str(out / f"{modality}.npz") for modality in ("rgb", "audio")}
+    for modality, path in paths.items():
+        export_lib.export(workdir, path, output=modality, log=lambda *_: None)
+    return paths
+
+
+def test_audiovisual_eval_mode_and_export_of_each_modality(pretrained, av_towers, capsys):
     config, workdir = pretrained
     commands.lookup("audiovisual", "eval", False)(commands.Args(config=config, workdir=workdir))
     assert "Final audio-visual evaluation (step 2, 32 eval videos)" in capsys.readouterr().out
@@ -287,12 +308,128 @@ def test_audiovisual_eval_mode_and_export_of_each_modality(pretrained, tmp_path,
     batch = next(iter(inputs.eval_stream(config, spec, eval_files, config.eval_batch_size)))
     real = batch["weights"] > 0
     for modality in ("rgb", "audio"):
-        path = str(tmp_path / f"{modality}.npz")
-        export_lib.export(workdir, path, output=modality, log=lambda *_: None)
-        embed = export_lib.load(path)
+        embed = export_lib.load(av_towers[modality])
         assert {i["name"] for i in embed.header["inputs"]} == {modality, "mask"}
         got = embed({k: batch[k] for k in (modality, "mask")})[real]
         np.testing.assert_allclose(got, embedded[modality][: len(got)], rtol=1e-5, atol=1e-6)
+
+
+# --- vmjax.serve on the video-side towers: each video's embedding, as the exported file's.
+
+SERVED = 5  # videos per request: one bucket of the server's batch sizes (8), one compilation
+
+
+def _request_body(files: list[str], tmp_path) -> bytes:
+    """A TFRecord body of the first SERVED records of an ordered evaluation pass over files."""
+    records = [payload for _, _, payload in tfrecord.read_records(files[0])][:SERVED]
+    path = str(tmp_path / "body.tfrecord")
+    tfrecord.write_records(path, records)
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _json_videos(batch: dict, keys: tuple[str, ...]) -> list[dict]:
+    """The first SERVED videos of a pipeline batch as JSON features: their frames, unpadded."""
+    videos = []
+    for i in range(SERVED):
+        t = int(batch["mask"][i].sum())
+        video = {k: batch[k][i, :t].tolist() for k in keys}
+        if batch[keys[0]].dtype == np.uint8:
+            video["quantized"] = True
+        videos.append(video)
+    videos[0]["id"], videos[2]["id"] = "first", "third"
+    return videos
+
+
+def _check_served(path: str, batch: dict, files: list[str], leave_out: str | None, tmp_path):
+    """A server of the encoder file `path` answers each video's embedding for TFRecord and JSON
+    bodies as export.load(path) does on the pipeline's batch of the same records, with ids."""
+    from fastapi.testclient import TestClient
+
+    from vmjax.serve import Service, create_app
+
+    header = export_lib.read_header(path)
+    want = export_lib.load(path)(batch)[:SERVED]  # the independent reference
+    ids = [str(i) for i in batch["ids"][:SERVED]]
+    service = Service(path, max_batch=8, max_wait_ms=0, warm_up=False)
+    with TestClient(create_app(service)) as client:
+        h = client.get("/healthz").json()
+        assert h["output"] == header["output"]["name"] and h["num_classes"] is None
+        assert h["embedding_dim"] == want.shape[1] == header["output"]["shape"][1]
+        assert "vocabulary" not in h and "top_k" not in h
+
+        tf = {"Content-Type": "application/x-tfrecord"}
+        r = client.post("/predict", content=_request_body(files, tmp_path), headers=tf)
+        assert r.status_code == 200, r.text
+        answer = r.json()["embeddings"]
+        assert [a["id"] for a in answer] == ids
+        got = np.array([a["embedding"] for a in answer])
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+        # JSON of only the features the tower reads (another one would be ignored)
+        keys = tuple(k for k in ("rgb", "audio") if k != leave_out)
+        videos = _json_videos(batch, keys)
+        r = client.post("/predict", json=videos)
+        assert r.status_code == 200, r.text
+        answer = r.json()["embeddings"]
+        assert [a.get("id") for a in answer] == ["first", None, "third", None, None]
+        assert "id" not in answer[1]
+        got = np.array([a["embedding"] for a in answer])
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+        r = client.post("/predict", json=videos[0], params={"top_k": 3})
+        assert r.status_code == 422
+        assert "encoder" in r.json()["error"] and "embeddings" in r.json()["error"]
+        missing = {k: v for k, v in videos[1].items() if k != keys[0]}
+        r = client.post("/predict", json=missing)
+        assert r.status_code == 422 and f"'{keys[0]}' is missing" in r.json()["error"]
+
+
+def _data_dir(config) -> str:
+    spec = synthetic.Spec(num_classes=config.data.num_classes, **config.data.synthetic.to_dict())
+    return os.path.join(config.data.cache_dir, spec.key())
+
+
+def test_the_server_answers_a_retrieval_video_towers_embeddings(
+    skipped, retrieval_towers, tmp_path, capsys
+):
+    config, _, _ = skipped
+    files = retrieval.split_files(_data_dir(config), "validate")
+    spec = retrieval.batch_spec(config)
+    batch = next(pipeline.eval_batches(files, spec, batch_size=config.eval_batch_size))
+    _check_served(retrieval_towers["video"], batch, files, None, tmp_path)
+
+    # A text tower takes captions' token ids, not videos: refused at start, in one line.
+    from vmjax.serve import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--model", retrieval_towers["text"], "--port", "0"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "text tower" in err and "--mode retrieve" in err and "Traceback" not in err
+
+
+def test_the_server_answers_audiovisual_rgb_and_audio_towers_embeddings(
+    pretrained, av_towers, tmp_path, capsys
+):
+    config, _ = pretrained
+    _, files, _ = inputs.resolve_data(config)
+    spec = pipeline.BatchSpec.from_config(config.data)
+    batch = next(pipeline.eval_batches(files, spec, batch_size=config.eval_batch_size))
+    _check_served(av_towers["rgb"], batch, files, "audio", tmp_path)
+    # the audio tower's mask comes from the audio frames (the rgb, unread, is not kept)
+    _check_served(av_towers["audio"], batch, files, "rgb", tmp_path)
+
+    # An encoder has no classes: a vocabulary for it is a mistake at start.
+    from vmjax.serve import main
+
+    vocabulary = tmp_path / "vocabulary.csv"
+    vocabulary.write_text("Index,Name\n0,cat\n")
+    with pytest.raises(SystemExit) as e:
+        main(["--model", av_towers["rgb"], "--vocabulary", str(vocabulary), "--port", "0"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--vocabulary" in err and "encoder" in err and "Traceback" not in err
 
 
 # --- several processes: the global batch's negatives, the same update as one process.

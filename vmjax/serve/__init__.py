@@ -3,8 +3,9 @@
     python -m vmjax.serve --model model.npz --port 8000
 
 POST /predict takes YT8M TFRecord bytes or JSON features and answers each video's top-k
-classes; GET /healthz and GET /stats describe the model and the batching. docs/serving.md has
-the formats, the knobs and the error table.
+classes (or, for an encoder run's video-side tower, its embedding); GET /healthz and GET /stats
+describe the model and the batching. docs/serving.md has the formats, the knobs and the error
+table.
 
   inputs.py      request bodies -> model input rows (the pipeline's decoding and padding);
                  TFRecord bodies

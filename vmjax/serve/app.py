@@ -1,5 +1,8 @@
 """The HTTP server: FastAPI routes over one loaded model, its vocabulary and the batcher.
 
+The model is a classifier (each video's top classes) or an encoder run's video-side tower (each
+video's embedding; no vocabulary, no top_k).
+
 A POST /predict passes, in order: the token (auth.py, before any route), the Content-Type and
 Content-Length checks, admission (limits.py: 503 when full), reading the body on the event loop
 (408 past --body_timeout_s, 413 past --max_body_bytes), parsing it in a worker thread
@@ -80,7 +83,10 @@ def default_class_names(num_classes: int) -> tuple[list[str], str]:
 
 
 class Service:
-    """The loaded model, its input spec, class names, the batcher, and request counters."""
+    """The loaded model, its input spec, class names, the batcher, and request counters.
+
+    top_k and vocabulary apply to classifiers; an encoder file with a vocabulary is refused.
+    """
 
     def __init__(
         self,
@@ -100,11 +106,19 @@ class Service:
         self.header = self.predict.header
         self.spec = InputSpec.from_header(self.header)
         c = self.spec.num_classes
-        if vocabulary:
-            self.names, self.vocabulary = read_class_names(vocabulary, c), vocabulary
+        if c is None:  # an encoder: embeddings, no classes
+            if vocabulary:
+                raise ValueError(
+                    f"--vocabulary {vocabulary}: {model} is an encoder tower (output "
+                    f"{self.spec.output}): it returns embeddings, not classes; leave it out"
+                )
+            self.names, self.vocabulary, self.top_k = [], None, None
         else:
-            self.names, self.vocabulary = default_class_names(c)
-        self.top_k = min(top_k, c)
+            if vocabulary:
+                self.names, self.vocabulary = read_class_names(vocabulary, c), vocabulary
+            else:
+                self.names, self.vocabulary = default_class_names(c)
+            self.top_k = min(top_k, c)
         self.limits = limits = limits or Limits()
         self.admission = Admission(limits)
         self.pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -147,6 +161,10 @@ class Service:
 
     def health(self) -> dict:
         s = self.spec
+        if s.is_encoder:
+            answer = {"embedding_dim": s.embedding_dim}
+        else:
+            answer = {"vocabulary": self.vocabulary, "top_k": self.top_k}
         return {
             "status": "ok",
             "model": self.header["model"],
@@ -154,9 +172,9 @@ class Service:
             "input_kind": s.level,
             "inputs": self.header["inputs"],
             "max_frames": s.max_frames if s.level == "frame" else None,
+            "output": s.output,
             "num_classes": s.num_classes,
-            "vocabulary": self.vocabulary,
-            "top_k": self.top_k,
+            **answer,
             "max_batch": self.batcher.max_batch,
             "max_wait_ms": self.batcher.max_wait_s * 1e3,
             "batch_sizes": self.batcher.sizes,
@@ -190,6 +208,14 @@ class Service:
             ]
             out.append({"top": top} if video_id is None else {"id": video_id, "top": top})
         return out
+
+    @staticmethod
+    def embeddings(ids: list[str | None], embeddings: np.ndarray) -> list[dict]:
+        """Per video its id (if any) and its embedding."""
+        return [
+            {"embedding": e} if video_id is None else {"id": video_id, "embedding": e}
+            for video_id, e in zip(ids, embeddings.tolist(), strict=True)
+        ]
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -276,8 +302,15 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
             return _error(500, f"internal error: {type(e).__name__}: {e}")
 
     async def _predict(request: Request, top_k: int | None) -> JSONResponse:
-        k = service.top_k if top_k is None else top_k
-        if not 1 <= k <= service.spec.num_classes:
+        encoder = service.spec.is_encoder
+        if encoder and top_k is not None:
+            raise RequestError(
+                422,
+                f"top_k={top_k}: this model is an encoder ({service.spec.output}) that returns "
+                "embeddings, not classes; leave top_k out",
+            )
+        k = service.top_k if top_k is None else top_k  # None for an encoder
+        if not encoder and not 1 <= k <= service.spec.num_classes:
             raise RequestError(
                 422, f"top_k={k}; expected 1..{service.spec.num_classes} (the model's classes)"
             )
@@ -335,22 +368,31 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
         finally:
             service.admission.leave(reserved)
 
-    async def _score(videos: Videos, k: int) -> JSONResponse:
+    async def _score(videos: Videos, k: int | None) -> JSONResponse:
+        """The model's answer: each video's top k classes, or an encoder's embeddings."""
         # On a timeout, gather's cancellation reaches the batcher's futures: chunks not yet
         # taken into a batch are dropped.
         parts = await asyncio.gather(
             *(asyncio.wrap_future(f) for f in service.batcher.submit(videos.rows))
         )
         scores = np.concatenate(parts)
+        encoder = service.spec.is_encoder
         if not np.isfinite(scores).all():
             bad = int(np.argmax(~np.isfinite(scores).all(axis=1)))
             service.count(status_500=1)
-            return _error(500, f"the model returned non-finite scores for video {bad}")
+            what = "embeddings" if encoder else "scores"
+            return _error(500, f"the model returned non-finite {what} for video {bad}")
         # Off the event loop: sorting a big request's scores would stall every other request.
-        predictions = await asyncio.get_running_loop().run_in_executor(
-            service.pool, service.predictions, videos.ids, scores, k
-        )
+        loop = asyncio.get_running_loop()
+        if encoder:
+            answer = await loop.run_in_executor(
+                service.pool, service.embeddings, videos.ids, scores
+            )
+        else:
+            answer = await loop.run_in_executor(
+                service.pool, service.predictions, videos.ids, scores, k
+            )
         service.count(ok=1, videos=len(videos))
-        return JSONResponse({"predictions": predictions})
+        return JSONResponse({"embeddings" if encoder else "predictions": answer})
 
     return app

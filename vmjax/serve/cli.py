@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
         # Short: argparse prints the usage above every error, and errors should be a line or two.
         usage="%(prog)s --model MODEL [options] (--help lists them)",
         description="Serve an exported vmjax model (vmjax.export's model.npz) over HTTP: "
-        "POST /predict with YT8M TFRecords or JSON features returns each video's top classes; "
+        "POST /predict with YT8M TFRecords or JSON features returns each video's top classes "
+        "(a classifier) or its embedding (an encoder run's video, rgb or audio tower); "
         "concurrent requests are batched dynamically.",
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -95,9 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         type=_existing_file,
         help="CSV with Index and Name columns for class names (default: the bundled YouTube-8M "
-        "2018 vocabulary for a 3862-class model, else no names)",
+        "2018 vocabulary for a 3862-class model, else no names); classifiers only",
     )
-    add("--top_k", type=_number(int, 1), default=20, help="classes per video (%(default)s)")
+    add(
+        "--top_k",
+        type=_number(int, 1),
+        default=20,
+        help="classes per video (%(default)s); an encoder's answer has none",
+    )
     add(
         "--max_batch",
         type=_number(int, 1),
@@ -222,12 +228,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         sock.close()
         _exit(str(e))
     h = service.health()
+    if h["num_classes"] is None:
+        answers = f"{h['output']} of {h['embedding_dim']} dims"
+    else:
+        answers = f"{h['num_classes']} classes"
     log.info(
-        "Serving %s (%s, %s-level, %d classes; batch sizes %s) on http://%s:%d%s",
+        "Serving %s (%s, %s-level, %s; batch sizes %s) on http://%s:%d%s",
         args.model,
         h["model"],
         h["input_kind"],
-        h["num_classes"],
+        answers,
         h["batch_sizes"],
         args.host,
         sock.getsockname()[1],  # the port taken, also for --port 0

@@ -82,21 +82,29 @@ def _video(
 
 
 def _example(fields: dict[str, Any], where: str, spec: InputSpec) -> dict[str, Any]:
-    for key in _DIMS:
+    """A pipeline example; a feature the model does not read may be left out (an encoder tower
+    of rgb or audio alone), and is not kept when given."""
+    for key in spec.features:
         if key not in fields:
             raise RequestError(422, f"{where}: '{key}' is missing; expected {spec.describe()}")
     quantized = fields.get("quantized", False)
     if quantized and spec.level == "video":
         raise RequestError(422, f"{where}: 'quantized' applies to frame-level models only")
-    (rgb, rgb_frames), (audio, audio_frames) = fields["rgb"], fields["audio"]
-    if rgb_frames != audio_frames:
+    if "rgb" in fields and "audio" in fields and fields["rgb"][1] != fields["audio"][1]:
         raise RequestError(
-            422, f"{where}: 'rgb' has {rgb_frames} frames but 'audio' has {audio_frames}"
+            422,
+            f"{where}: 'rgb' has {fields['rgb'][1]} frames but 'audio' has {fields['audio'][1]}",
         )
-    out = {"rgb": rgb, "audio": audio}
-    if spec.level == "frame":
-        for key in _DIMS:
-            out[key] = _frames(out[key], f"{where}: '{key}'", quantized, spec.inputs[key][1])
+    frames = fields[spec.features[0]][0].shape[0] if spec.level == "frame" else 0
+    out = {}
+    for key in _DIMS:
+        if key not in spec.inputs:
+            out[key] = spec.unread(frames)
+        elif spec.level == "frame":
+            x = fields[key][0]
+            out[key] = _frames(x, f"{where}: '{key}'", quantized, spec.inputs[key][1])
+        else:
+            out[key] = fields[key][0]
     out["text_tokens"] = _tokens(fields.get("text_tokens", np.zeros(0)), where, spec)
     return out
 
