@@ -39,6 +39,10 @@ ENTRY = textwrap.dedent(
             raise cli.UserError("workdir /nowhere is not a run directory")
         if os.environ.get("ENTRY_RAISES") == "bug":
             raise RuntimeError("a bug")
+        if os.environ.get("ENTRY_RAISES") == "stopped":
+            from vmjax.errors import RunStopped
+
+            raise RunStopped("the train loss diverged at step 3; last good checkpoint: none")
         if flags.FLAGS.validate:
             validate(CONFIG.value, num_devices=1)
         print("batch_size", CONFIG.value.batch_size)
@@ -119,6 +123,14 @@ def test_a_bad_config_spec_is_named_without_a_traceback(entry, spec, words):
 def test_a_user_error_raised_by_main_is_a_few_lines(entry):
     error = entry("--config=yt8m", "--novalidate", ENTRY_RAISES="user")
     assert_user_error(error, "error: workdir /nowhere is not a run directory")
+
+
+def test_a_run_stopped_by_its_guards_is_one_line_and_exit_status_3(entry):
+    code, _, stderr = entry("--config=yt8m", "--novalidate", ENTRY_RAISES="stopped")
+    assert code == 3 and "Traceback" not in stderr, stderr
+    assert stderr.strip() == (
+        "error: the train loss diverged at step 3; last good checkpoint: none"
+    )
 
 
 def test_a_bug_keeps_its_traceback(entry):

@@ -31,11 +31,12 @@ from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
 from vmjax import configs
 from vmjax.configs_check import MAX_LINES, ConfigError, has_key, unknown_key
-from vmjax.errors import UserError
+from vmjax.errors import RunStopped, UserError
 
 __all__ = ["EXIT_USER_ERROR", "UserError", "define_config_flag", "parse_flags", "run"]
 
 EXIT_USER_ERROR = 2  # as argparse: the command line (or a file it names) is wrong
+EXIT_RUN_STOPPED = 3  # a run stopped by its guards (NaN/Inf, divergence): errors.RunStopped
 DEBUG_ENV = "VMJAX_DEBUG"
 CONFIG_HELP = (
     "A config: a shipped name (" + ", ".join(configs.names()) + ") or a .py file with "
@@ -128,6 +129,8 @@ def run(main: Callable[[list[str]], Any], argv: list[str] | None = None) -> None
                 return fn(argv)
             except (UserError, app.UsageError) as error:
                 _exit_with(error, debug)
+            except RunStopped as error:  # the run's guards: its message says what to change
+                _exit_with(error, debug, EXIT_RUN_STOPPED)
 
         return call
 
@@ -192,14 +195,15 @@ def _flag_error(
     return None
 
 
-def _exit_with(error: BaseException, debug: bool) -> NoReturn:
-    """Prints `error` in at most MAX_LINES lines (debug: after its traceback) and exits 2."""
+def _exit_with(error: BaseException, debug: bool, status: int = EXIT_USER_ERROR) -> NoReturn:
+    """Prints `error` in at most MAX_LINES lines (debug: after its traceback) and exits with
+    `status` (2: a user error)."""
     if debug:
         traceback.print_exception(error)
     lines = str(error).strip().splitlines() or [type(error).__name__]
     lines[0] = f"error: {lines[0]}"
     sys.stderr.write("\n".join(lines[:MAX_LINES]) + "\n")
-    sys.exit(EXIT_USER_ERROR)
+    sys.exit(status)
 
 
 _CHATTY_LIBRARIES = ("/orbax/", "/grain/", "/jax/")

@@ -15,3 +15,9 @@ class RunDirectoryError(UserError):
 
 class DataError(UserError):
     """Input files that hold nothing usable (no readable record, the wrong data level)."""
+
+
+class RunStopped(FloatingPointError):
+    """A training run stopped by its guards (vmjax.train.guards): a NaN/Inf loss, gradient or
+    parameter, or a diverged loss. Its message names the step, the last good checkpoint and
+    what to change; the entry points print it without a traceback and exit with status 3."""

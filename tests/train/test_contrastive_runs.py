@@ -175,13 +175,19 @@ def test_the_nan_advice_suggests_skip_only_where_the_trainer_can_skip():
     )
 
 
-def test_the_classifier_refuses_divergence_skip_at_the_door():
+def test_divergence_skip_passes_the_door_but_not_for_vmapped_seeds():
     from vmjax.configs import yt8m
     from vmjax.configs_check import validate
+    from vmjax.errors import UserError
+    from vmjax.train import seeds
 
     config = yt8m.get_config("smoke")
     config.on_divergence = "skip"
-    with pytest.raises(ValueError, match=r"config.on_divergence='skip': expected 'stop' or 'off'"):
+    validate(config)  # the classifier's step skips too (tests/train/test_step.py)
+    with pytest.raises(UserError, match=r"on_divergence='skip': each seed"):
+        seeds.check_vmappable(config)
+    config.on_divergence = "sometimes"
+    with pytest.raises(ValueError, match=r"on_divergence"):
         validate(config)
 
 

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import pytest
 
 from vmjax.data.device import model_inputs
 from vmjax.models import build_model
@@ -151,6 +152,27 @@ def test_nonfinite_updates_are_flagged_and_skipped_on_request():
     assert all(jax.tree.leaves(same))
     good, m = train_step(state, _batch(np.random.default_rng(5), 8), model=model, tx=tx)
     assert bool(m["finite"])
+
+
+def test_a_step_whose_loss_is_above_max_loss_is_skipped_with_skip_diverged():
+    model, tx, state = _setup()
+    batch = _batch(np.random.default_rng(5), 8)
+    plain, m = train_step(state, batch, model=model, tx=tx)
+    loss = float(m["loss"])
+    assert "diverged" not in m  # only with skip_diverged
+    # A limit below this batch's loss: the old parameters and optimizer state are kept.
+    kept, m = train_step(state, batch, loss * 0.5, model=model, tx=tx, skip_diverged=True)
+    assert bool(m["diverged"]) and bool(m["finite"]) and int(kept.step) == 1
+    assert float(m["loss"]) == pytest.approx(loss, rel=1e-6)
+    same = jax.tree.map(
+        np.array_equal, (kept.params, kept.opt_state), (state.params, state.opt_state)
+    )
+    assert all(jax.tree.leaves(same))
+    # A limit above it: the ordinary update, bit for bit.
+    moved, m = train_step(state, batch, loss * 2.0, model=model, tx=tx, skip_diverged=True)
+    assert not bool(m["diverged"])
+    for x, y in zip(jax.tree.leaves(moved.params), jax.tree.leaves(plain.params), strict=True):
+        np.testing.assert_array_equal(x, y)
 
 
 def test_train_step_augments_the_batch_with_its_own_key_stream():

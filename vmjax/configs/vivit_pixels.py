@@ -41,8 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.grad_accum = 1  # split each batch into this many micro-batches (sums their gradients)
     c.on_nonfinite_loss = "stop"  # NaN/Inf loss: 'stop' (name the step) or 'skip' the update
     c.divergence_factor = 100.0  # train loss above this x the first step's loss = diverged
-    # diverged: 'stop' (name the step and last good checkpoint), 'skip' the update (retrieval and
-    # audio-visual trainers only), or 'off'
+    # diverged: 'stop' (name the step and last good checkpoint), 'skip' the update, or 'off'
     c.on_divergence = "stop"
     c.divergence_max_skips = 10  # on_divergence='skip': stop after this many consecutive skips
     c.log_batches = False  # write a hash of every train batch to workdir/batches.jsonl

@@ -123,19 +123,6 @@ def trainer_reads_frames(c: Config, _) -> ConfigError | None:
     return None
 
 
-@check
-def divergence_skip_has_a_step(c: Config, _) -> ConfigError | None:
-    # vmjax.train.fit: only the contrastive trainers' steps take the loss limit to skip by.
-    if _task(c) == "classify" and lookup(c, "on_divergence", "stop") == "skip":
-        return ConfigError(
-            "on_divergence",
-            "skip",
-            "'stop' or 'off' (the classifier trainer)",
-            "skipping diverged steps is for the retrieval and audio-visual trainers",
-        )
-    return None
-
-
 def _vivit_prefixes(c: Config) -> Iterator[str]:
     if lookup(c, "model.vivit.variant") is not ABSENT:
         yield "model.vivit."

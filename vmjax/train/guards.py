@@ -13,6 +13,8 @@ import jax
 import numpy as np
 from absl import logging
 
+from vmjax.errors import RunStopped
+
 DIVERGENCE_MODES = ("stop", "skip", "off")
 
 
@@ -60,7 +62,7 @@ class NonFiniteGuard:
         advice = "Lower config.optimizer.learning_rate"
         if self.can_skip and self.mode != "skip":
             advice += ", or set config.on_nonfinite_loss='skip' to skip updates with a NaN/Inf loss"
-        return FloatingPointError(f"{what}; {last_good(self.ckpt)}. {advice}.")
+        return RunStopped(f"{what}; {last_good(self.ckpt)}. {advice}.")
 
 
 def last_good(ckpt) -> str:
@@ -115,7 +117,7 @@ class DivergenceGuard:
             return
         limit = self.limit()
         if loss > limit:
-            raise FloatingPointError(
+            raise RunStopped(
                 f"the train loss diverged at step {step}: {loss:.4g} > config.divergence_factor "
                 f"{self.factor:g} x the first step's loss {self.reference:.4g}; "
                 f"{last_good(self.ckpt)}. Lower config.optimizer.learning_rate, or set "
@@ -139,7 +141,7 @@ class DivergenceGuard:
             self.consecutive = [*self.consecutive, s] if skipped else []
             if len(self.consecutive) >= self.max_skips:
                 first, last = self.consecutive[0], self.consecutive[-1]
-                raise FloatingPointError(
+                raise RunStopped(
                     f"the train loss diverged at step {last}: {len(self.consecutive)} consecutive "
                     f"steps ({first}..{last}) had a loss above config.divergence_factor "
                     f"{self.factor:g} x the first step's loss {self.reference:.4g} and were "

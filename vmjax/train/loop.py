@@ -125,12 +125,15 @@ def _train(config, run: run_lib.Run, train_files, eval_files, data_dir, bad_reco
     task = Task(
         desc="train",
         state=state,
-        train_step=lambda state, batch, step: par.train_step(state, par.put_batch(batch)),
+        train_step=lambda state, batch, step, max_loss=float("inf"): par.train_step(
+            state, par.put_batch(batch), max_loss
+        ),
         evaluate=evaluate_at,
         log_eval=logs.log_classifier_eval,
         put_state=put_state,
         checkpoint_view=checkpoint_view,
         on_nonfinite_loss=config.on_nonfinite_loss,
+        skips=("nonfinite", "divergence"),
         before_step=batch_log.write if batch_log else None,
         at_end=(lambda s, step: batch_log.write_params(step, checkpoint_view(s).params))
         if batch_log

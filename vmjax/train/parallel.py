@@ -62,7 +62,8 @@ class Parallel:
     put_state: a host/one-device TrainState -> the state the steps take.
     checkpoint_view: that state -> what a checkpoint holds (the single-device layout).
     put_batch: this process's batch (numpy) -> the step's input.
-    train_step: (state, batch) -> (state, metrics of the global batch).
+    train_step: (state, batch[, max_loss]) -> (state, metrics of the global batch); max_loss
+      matters with config.on_divergence='skip' (vmjax.train.step.train_step).
     eval_step: (state, batch) -> outputs for this process's evaluator: the global batch's
       scores, labels and weights, gathered from all processes.
     """
@@ -95,6 +96,7 @@ def create(config: ml_collections.ConfigDict, model, tx) -> Parallel:
         dtype=config.dtype,
         grad_accum=config.grad_accum,
         skip_nonfinite=config.on_nonfinite_loss == "skip",
+        skip_diverged=config.get("on_divergence") == "skip",
         augment=config.augment if "augment" in config else None,
     )
     if config.parallelism == "mesh":
@@ -169,12 +171,13 @@ def _pmap(config, model, step_kwargs) -> Parallel:
     train = jax.pmap(
         functools.partial(train_step, axis_name="devices", **step_kwargs),
         axis_name="devices",
+        in_axes=(0, 0, None),  # max_loss: one number for every device
         donate_argnums=0,
     )
     evaluate = jax.pmap(functools.partial(eval_step, model=model, dtype=config.dtype))
 
-    def run_train(state, batch):
-        state, metrics = train(state, batch)
+    def run_train(state, batch, max_loss=float("inf")):
+        state, metrics = train(state, batch, max_loss)
         return state, jax.tree.map(lambda x: x[0], metrics)
 
     def run_eval(state, batch):

@@ -72,6 +72,11 @@ def check_vmappable(config: ml_collections.ConfigDict) -> None:
             f"parallelism={config.parallelism!r}, mesh.fsdp={config.mesh.fsdp}: the seeds run "
             "on one device (use 'mesh' with fsdp=1)"
         )
+    if config.get("on_divergence") == "skip":
+        problems.append(
+            "on_divergence='skip': each seed would need its own loss limit in the step (use "
+            "'stop' or 'off')"
+        )
     if problems:
         raise UserError(
             "cannot train these seeds as one vmapped program:\n  "

@@ -64,6 +64,7 @@ def augment_key(step_rng: jax.Array) -> jax.Array:
 def train_step(
     state: TrainState,
     batch: dict,
+    max_loss: jax.Array | float = float("inf"),
     *,
     model,
     tx: optax.GradientTransformation,
@@ -71,6 +72,7 @@ def train_step(
     grad_accum: int = 1,
     axis_name: str | None = None,
     skip_nonfinite: bool = False,
+    skip_diverged: bool = False,
     augment: ml_collections.ConfigDict | None = None,
 ) -> tuple[TrainState, dict]:
     """One optimizer step on the mean per-video loss of the (global) batch.
@@ -83,6 +85,9 @@ def train_step(
     skip_nonfinite: where the loss, a gradient or an updated parameter is NaN/Inf, keep the old
       parameters and optimizer state (the step counter still advances); metrics['finite']
       says which steps were bad.
+    skip_diverged: where the (finite) loss is above `max_loss` (config.on_divergence='skip',
+      vmjax.train.guards.DivergenceGuard.limit), keep the old parameters, optimizer state and
+      model state likewise; metrics['diverged'] says which steps were skipped.
     augment: the config's `augment` block (vmjax.data.augment): the batch is augmented here, on
       the device, before the forward pass.
     Dropout draws from `fold_in(state.rng, step)` (and the device index under pmap), augmentation
@@ -152,10 +157,15 @@ def train_step(
     grad_norm = optax.tree.norm(grads)
     # Finite loss and gradients can still overflow the parameters (a huge learning rate).
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(params)
-    if skip_nonfinite:
+    metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite}
+    update = finite if skip_nonfinite else None
+    if skip_diverged:
+        metrics["diverged"] = diverged = finite & (loss > max_loss)
+        update = ~diverged if update is None else update & ~diverged
+    if update is not None:
 
         def keep(new, old):
-            return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+            return jax.tree.map(lambda a, b: jnp.where(update, a, b), new, old)
 
         params = keep(params, state.params)
         opt_state = keep(opt_state, state.opt_state)
@@ -163,7 +173,7 @@ def train_step(
     new_state = state.replace(
         step=state.step + 1, params=params, opt_state=opt_state, model_state=dict(model_state)
     )
-    return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite}
+    return new_state, metrics
 
 
 def eval_step(state: TrainState, batch: dict, *, model, dtype: str = "float32") -> dict:
