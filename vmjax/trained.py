@@ -58,16 +58,22 @@ def variable_shapes(model: nn.Module, config: ml_collections.ConfigDict) -> dict
 
 
 def check_config(
-    config: ml_collections.ConfigDict, stored: ml_collections.ConfigDict, workdir: str
+    config: ml_collections.ConfigDict,
+    stored: ml_collections.ConfigDict,
+    workdir: str,
+    must_match: tuple[str, ...] = (),
+    advice: str = "leave --config out, or pass the run's",
 ) -> None:
-    """RunDirectoryError when `config` describes other checkpoints than the run's `stored`."""
+    """RunDirectoryError when `config` describes other checkpoints than the run's `stored`:
+    they differ under a key of `must_match` (default: a classifier's, `_MUST_MATCH`)."""
+    must_match = must_match or _MUST_MATCH
     diff = run_lib.changes(run_lib.config_json(stored), run_lib.config_json(config))
-    bad = [k for k in diff if any(k == p or k.startswith(p + ".") for p in _MUST_MATCH)]
+    bad = [k for k in diff if any(k == p or k.startswith(p + ".") for p in must_match)]
     if bad:
         listed = ", ".join(f"{k}: {diff[k][0]!r} (run) vs {diff[k][1]!r}" for k in bad[:4])
         raise RunDirectoryError(
             f"the config differs from the run's in {listed}; {workdir}'s checkpoints were "
-            "trained with the run's own config (leave --config out, or pass the run's)"
+            f"trained with the run's own config ({advice})"
         )
 
 

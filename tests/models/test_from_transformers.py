@@ -29,9 +29,8 @@ CASES = {
 }
 
 
-@pytest.fixture(scope="module")
-def hf():
-    """(torch, transformers), or a failure saying how to get them."""
+def hf_modules():
+    """(torch, transformers), skipped under VMJAX_SKIP_TORCH=1, a failure if missing."""
     if os.environ.get("VMJAX_SKIP_TORCH") == "1":
         pytest.skip("VMJAX_SKIP_TORCH=1: the transformers comparisons are skipped")
     try:
@@ -40,6 +39,12 @@ def hf():
     except ImportError as e:
         pytest.fail(f"{e}: the reference needs torch and transformers from the test extra")
     return torch, transformers
+
+
+@pytest.fixture(scope="module")
+def hf():
+    """(torch, transformers), or a failure saying how to get them."""
+    return hf_modules()
 
 
 def _model(hf, architecture: str, overrides: dict):

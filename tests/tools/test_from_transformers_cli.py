@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from tests.models.test_from_transformers import hf_modules
 from vmjax import configs, trained
 from vmjax.errors import RunDirectoryError, UserError
 from vmjax.tools import from_transformers as tool
@@ -24,18 +25,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 FRAMES, SIZE, LABELS = 4, 16, 11  # 11: the synthetic videos' classes, so eval runs on them
 # Non-default statistics, so that a conversion that ignored the processor would fail.
 MEAN, STD = [0.4, 0.5, 0.6], [0.2, 0.3, 0.25]
-
-
-def hf_modules():
-    """(torch, transformers), skipped under VMJAX_SKIP_TORCH=1, a failure if missing."""
-    if os.environ.get("VMJAX_SKIP_TORCH") == "1":
-        pytest.skip("VMJAX_SKIP_TORCH=1: the transformers comparisons are skipped")
-    try:
-        import torch
-        import transformers
-    except ImportError as e:
-        pytest.fail(f"{e}: the reference needs torch and transformers from the test extra")
-    return torch, transformers
 
 
 def save_tiny_classifier(architecture: str, folder, *, frames: int = FRAMES):

@@ -472,13 +472,18 @@ def read_config(path: str | pathlib.Path) -> dict:
             f"{path} has no config.json; expected a folder written by transformers' "
             "save_pretrained (config.json + model.safetensors)"
         )
+    return _read_json_object(config_file)
+
+
+def _read_json_object(file: pathlib.Path) -> dict:
+    """The JSON object in `file`; ValueError naming the file when it is not JSON or no object."""
     try:
-        hf_config = json.loads(config_file.read_text())
+        value = json.loads(file.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{config_file} is not JSON ({e})") from None
-    if not isinstance(hf_config, dict):
-        raise ValueError(f"{config_file} holds {type(hf_config).__name__}; expected an object")
-    return hf_config
+        raise ValueError(f"{file} is not JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{file} holds {type(value).__name__}; expected a JSON object")
+    return value
 
 
 def _load_safetensors(file: pathlib.Path) -> dict[str, np.ndarray]:
@@ -615,10 +620,4 @@ def load_processor(path: str | pathlib.Path) -> dict | None:
     file = pathlib.Path(path) / PROCESSOR_CONFIG
     if not file.is_file():
         return None
-    try:
-        processor = json.loads(file.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{file} is not JSON ({e})") from None
-    if not isinstance(processor, dict):
-        raise ValueError(f"{file} holds {type(processor).__name__}; expected a JSON object")
-    return processor
+    return _read_json_object(file)

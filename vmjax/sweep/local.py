@@ -17,13 +17,11 @@ import time
 from collections.abc import Callable, Sequence
 
 from vmjax.sweep.runs import (
-    DONE,
-    FAILED,
-    RUNNING,
     final_metrics,
+    mark_running,
+    record_end,
     task_command,
     thread_env,
-    write_json,
 )
 
 # vmjax.train.seeds.EXIT_SEEDS_STOPPED (not imported: this wrapper stays free of JAX; a test
@@ -231,10 +229,7 @@ def run_cell(
     marker.update(started=started, seeds_with=[os.path.basename(d) for d in directories])
     for directory in directories:
         os.makedirs(directory, exist_ok=True)
-        for name in (DONE, FAILED):
-            if os.path.exists(os.path.join(directory, name)):
-                os.remove(os.path.join(directory, name))
-        write_json(os.path.join(directory, RUNNING), marker)
+        mark_running(directory, marker)
     signal.signal(signal.SIGTERM, lambda *_: None)  # the command checkpoints; we record it
     logs = [open(os.path.join(d, "log.txt"), "ab") for d in directories]  # noqa: SIM115
     try:
@@ -267,22 +262,18 @@ def run_cell(
     failed = 0
     for directory in directories:
         metrics = final_metrics(directory, final_step) if finished else None
-        if metrics is not None:
-            write_json(os.path.join(directory, DONE), {**result, "final_step": final_step})
-        else:
-            failed += 1
-            if code < 0:
-                reason = f"killed by signal {-code}"
-            elif not finished:
-                reason = f"exit status {code}"
-            else:
-                reason = (
-                    f"no evaluation at the final step {final_step} (this seed stopped: NaN/Inf "
-                    "or diverged, see its history.jsonl; or the program was preempted)"
-                )
-            write_json(os.path.join(directory, FAILED), {**result, "reason": reason})
-            print(f"vmjax.sweep: {directory}: {reason}; see its log.txt", file=sys.stderr)
-        os.remove(os.path.join(directory, RUNNING))
+        reason = None
+        if code < 0:
+            reason = f"killed by signal {-code}"
+        elif not finished:
+            reason = f"exit status {code}"
+        elif metrics is None:
+            reason = (
+                f"no evaluation at the final step {final_step} (this seed stopped: NaN/Inf "
+                "or diverged, see its history.jsonl; or the program was preempted)"
+            )
+        failed += reason is not None
+        record_end(directory, result, final_step, reason)
     if code < 0:
         return 128 - code
     return code if code and not finished else int(failed > 0)

@@ -39,6 +39,24 @@ def run_dir(out: str, name: str) -> str:
     return os.path.join(out, "runs", name)
 
 
+def mark_running(directory: str, marker: dict) -> None:
+    """A run starts: its old DONE/FAILED markers go, RUNNING holds `marker` (who runs it)."""
+    for name in (DONE, FAILED):
+        if os.path.exists(os.path.join(directory, name)):
+            os.remove(os.path.join(directory, name))
+    write_json(os.path.join(directory, RUNNING), marker)
+
+
+def record_end(directory: str, result: dict, final_step: int, reason: str | None) -> None:
+    """A run ended: DONE (reason None) or FAILED with `reason` (also printed); RUNNING goes."""
+    if reason is None:
+        write_json(os.path.join(directory, DONE), {**result, "final_step": final_step})
+    else:
+        write_json(os.path.join(directory, FAILED), {**result, "reason": reason})
+        print(f"vmjax.sweep: {directory}: {reason}; see its log.txt", file=sys.stderr)
+    os.remove(os.path.join(directory, RUNNING))
+
+
 def write_json(path: str, value) -> None:
     """Writes `value` as JSON atomically (a reader never sees half a file)."""
     tmp = f"{path}.{os.getpid()}.tmp"
@@ -177,10 +195,7 @@ def run_task(
         slurm_job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
     marker = {"pid": os.getpid(), "host": socket.gethostname(), "slurm_job": slurm_job}
     marker["started"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    for name in (DONE, FAILED):
-        if os.path.exists(os.path.join(directory, name)):
-            os.remove(os.path.join(directory, name))
-    write_json(os.path.join(directory, RUNNING), marker)
+    mark_running(directory, marker)
     # A SIGTERM (scancel, a time limit, the local launcher stopping) also reaches the command,
     # which checkpoints and exits; this process waits for it and records the outcome.
     signal.signal(signal.SIGTERM, lambda *_: None)
@@ -200,21 +215,17 @@ def run_task(
             code = 127
     result = {**marker, "ended": time.strftime("%Y-%m-%dT%H:%M:%S"), "returncode": code}
     metrics = final_metrics(directory, final_step) if code == 0 else None
-    if code == 0 and metrics is not None:
-        write_json(os.path.join(directory, DONE), {**result, "final_step": final_step})
-    else:
-        if code < 0:
-            reason = f"killed by signal {-code}"
-        elif code:
-            reason = f"exit status {code}"
-        else:
-            reason = (
-                f"exited 0 without an evaluation at the final step {final_step} "
-                "(preempted, or stopped early)"
-            )
-        write_json(os.path.join(directory, FAILED), {**result, "reason": reason})
-        print(f"vmjax.sweep: {directory}: {reason}; see its log.txt", file=sys.stderr)
-    os.remove(os.path.join(directory, RUNNING))
+    reason = None
+    if code < 0:
+        reason = f"killed by signal {-code}"
+    elif code:
+        reason = f"exit status {code}"
+    elif metrics is None:
+        reason = (
+            f"exited 0 without an evaluation at the final step {final_step} "
+            "(preempted, or stopped early)"
+        )
+    record_end(directory, result, final_step, reason)
     if code < 0:
         return 128 - code  # as a shell reports a command a signal ended
     return code if code else int(metrics is None)

@@ -37,7 +37,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from vmjax import metrics
+from vmjax import metrics, trained
 from vmjax import run as run_lib
 from vmjax.data import augment, pipeline
 from vmjax.data.device import DTYPES, cast_floats, model_inputs
@@ -294,7 +294,7 @@ def evaluate_checkpoint(
     """The recall metrics of checkpoint `step` (default: the newest good one) of a pretraining
     run on its eval data, as training evaluates; written to WORKDIR/eval/step_N.json."""
     run = run_lib.Run.open(workdir, task=TASK)
-    contrastive.check_same_shapes(config, run, _MUST_MATCH)
+    trained.check_config(config, run.config, run.workdir, _MUST_MATCH, "pass the run's config")
     check_config(config)
     _, eval_files, _ = inputs.resolve_data(config)
     _, _, place_ = setup(config)

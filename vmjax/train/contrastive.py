@@ -24,7 +24,6 @@ from jax.sharding import PartitionSpec as P
 
 from vmjax import metrics
 from vmjax import run as run_lib
-from vmjax.errors import RunDirectoryError
 from vmjax.train import fit as fit_lib
 from vmjax.train import logs, parallel
 
@@ -192,20 +191,6 @@ def task(
         on_nonfinite_loss=config.on_nonfinite_loss,
         skips=("nonfinite", "divergence"),
     )
-
-
-def check_same_shapes(
-    config: ml_collections.ConfigDict, run: run_lib.Run, must_match: tuple[str, ...]
-) -> None:
-    """RunDirectoryError when `config` describes other checkpoints than `run`'s stored config."""
-    diff = run_lib.changes(run_lib.config_json(run.config), run_lib.config_json(config))
-    bad = [k for k in diff if any(k == p or k.startswith(p + ".") for p in must_match)]
-    if bad:
-        listed = ", ".join(f"{k}: {diff[k][0]!r} (run) vs {diff[k][1]!r}" for k in bad[:4])
-        raise RunDirectoryError(
-            f"the config differs from the run's in {listed}; {run.workdir}'s checkpoints were "
-            "trained with the run's own config (pass the run's config)"
-        )
 
 
 def restore_params(place_: Placement, run: run_lib.Run, step: int | None) -> tuple:

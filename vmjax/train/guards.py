@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import signal
 from collections.abc import Iterator
+from typing import Any
 
 import jax
 import numpy as np
@@ -16,6 +17,11 @@ from absl import logging
 from vmjax.errors import RunStopped
 
 DIVERGENCE_MODES = ("stop", "skip", "off")
+
+
+def _fetch(pending: list[tuple[int, Any]]) -> tuple[list[int], np.ndarray]:
+    """The steps of `pending` (step, device flag) pairs and their flags, read in one transfer."""
+    return [s for s, _ in pending], np.asarray(jax.device_get([f for _, f in pending]))
 
 
 class Stopped(Exception):
@@ -41,8 +47,7 @@ class NonFiniteGuard:
     def check(self) -> None:
         if not self.pending:
             return
-        steps = [s for s, _ in self.pending]
-        flags = np.asarray(jax.device_get([f for _, f in self.pending]))
+        steps, flags = _fetch(self.pending)
         self.pending = []
         bad = [s for s, ok in zip(steps, flags, strict=True) if not ok]
         if not bad:
@@ -133,8 +138,7 @@ class DivergenceGuard:
         """Counts and logs the skipped steps; raises after `max_skips` consecutive ones."""
         if not self.pending:
             return
-        steps = [s for s, _ in self.pending]
-        flags = np.asarray(jax.device_get([f for _, f in self.pending]))
+        steps, flags = _fetch(self.pending)
         self.pending = []
         bad = [s for s, skipped in zip(steps, flags, strict=True) if skipped]
         for s, skipped in zip(steps, flags, strict=True):
