@@ -235,16 +235,17 @@ def make_decoder(spec: BatchSpec) -> Callable:
             keep = sample_frames(len(ex["rgb"]), spec.max_frames, spec.frame_sampling, key)
             out = {"rgb": ex["rgb"][keep], "audio": ex["audio"][keep]}
         tokens = ex["text_tokens"]
-        bad = (tokens < 0) | (tokens >= spec.text_vocab_size) if len(tokens) else ()
-        if len(tokens) and bad.any():
-            raise tfrecord.RecordError(
-                path,
-                index,
-                offset,
-                "text_tokens",
-                f"token {tokens[bad][0]} is outside [0, {spec.text_vocab_size}) "
-                "(config.data.text_vocab_size)",
-            )
+        if len(tokens):  # most records have none: skip the two comparisons
+            bad = (tokens < 0) | (tokens >= spec.text_vocab_size)
+            if bad.any():
+                raise tfrecord.RecordError(
+                    path,
+                    index,
+                    offset,
+                    "text_tokens",
+                    f"token {tokens[bad][0]} is outside [0, {spec.text_vocab_size}) "
+                    "(config.data.text_vocab_size)",
+                )
         out["text_tokens"] = tokens[: spec.max_text_tokens]
         out["labels"] = ex["labels"]
         out["id"] = ex["id"]

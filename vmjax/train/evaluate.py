@@ -47,12 +47,8 @@ def evaluate(
     }
     loss_sum = count = 0.0
     batch_size = config.eval_batch_size // jax.process_count()
-    if views.num_views > 1:  # batch_size rows: whole videos of num_views rows each
-        batches = eval_stream(
-            config, spec, files, batch_size // views.num_views, bad_records, views=views
-        )
-    else:
-        batches = eval_stream(config, spec, files, batch_size, bad_records)
+    # batch_size rows: whole videos of num_views rows each
+    batches = eval_stream(config, spec, files, batch_size // views.num_views, bad_records, views)
     for batch in eval_batches_in_step(batches, config.data, batch_size):
         out = eval_fn(state, batch)
         scores = average(out["scores"], out.get("logits"), views)

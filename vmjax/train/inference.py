@@ -133,9 +133,7 @@ def predict(
         w = csv.writer(f)
         w.writerow(["VideoId", "LabelConfidencePairs"])
         videos = config.eval_batch_size // views.num_views  # rows: views of whole videos
-        batches = inputs.eval_stream(
-            config, spec, eval_files, videos, views=views if views.num_views > 1 else None
-        )
+        batches = inputs.eval_stream(config, spec, eval_files, videos, views=views)
         for batch in batches:
             views_out = par.eval_step(state, par.put_batch(batch))
             scores = average(views_out["scores"], views_out.get("logits"), views)
