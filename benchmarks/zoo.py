@@ -19,7 +19,9 @@ import argparse
 import json
 import os
 import pathlib
+import shlex
 import shutil
+import statistics
 import sys
 import time
 
@@ -115,6 +117,8 @@ PRETRAIN = {
     "pretrain.embed_dim": 128,
     "pretrain.within_modal": 1.0,
 }
+# Evaluations per run (the last at the final step): each row's learning curve.
+CURVE_POINTS = 4
 ORDER_AWARE = ("lstm", "vivit")  # single-encoder models that see frame order
 RGB_KINDS = ("visual", "cross_modal", "temporal")  # class kinds whose evidence is in rgb
 
@@ -147,53 +151,140 @@ def get_config(preset: str, file: str = "yt8m.py"):
 apply = configs.apply_overrides
 
 
-def run_row(label: str, budget: str, workdir: str) -> dict:
-    """Trains and evaluates one row; returns its metrics, size, speed and command."""
+def row_overrides(label: str, budget: str, steps: int, lr: float | None = None) -> dict:
+    """A model row's config overrides: CPU sizes, the budget, evaluation CURVE_POINTS times."""
     preset, extra = ROWS[label]
-    if preset == "sklearn":
-        return _run_baseline(label, extra["model"], budget)
-    if preset == "audiovisual":
-        return _run_unsupervised(label, extra["stage"], budget, workdir)
-    from vmjax.tools.summary import summarize
-    from vmjax.train import loop
-
-    steps, batch_size = (BUDGETS[budget][k] for k in ("num_train_steps", "batch_size"))
     overrides = {
         **CPU["common"],
         **CPU.get(preset, {}),
         **(QUICK_SIZES.get(preset, {}) if budget == "quick" else {}),
         **extra,
         **BUDGETS[budget],
-        "eval_every": steps,
+        "num_train_steps": steps,
+        "eval_every": max(steps // CURVE_POINTS, 1),
         "checkpoint_every": steps,
     }
+    if lr is not None:
+        overrides["optimizer.learning_rate"] = lr
+    return overrides
+
+
+def sweep_command(preset: str, overrides: dict, out: str, seeds: int, grid: str = "") -> list[str]:
+    """The `python -m vmjax.sweep` arguments that train a row's seeds (or an LR grid)."""
+    args = ["--config", f"{ROOT / 'configs' / 'yt8m.py'}:{preset}", "--out", out]
+    args += ["--seeds", str(seeds), *(["--grid", grid] if grid else [])]
+    return args + [f"--set={k}={v}" for k, v in overrides.items()]
+
+
+def run_sweep(argv: list[str], extra: list[str]) -> dict | None:
+    """Runs (or resumes, or only gathers) one sweep; its results, or None before any run ends."""
+    from vmjax.sweep import cli as sweep_cli
+    from vmjax.sweep import gather
+
+    code = sweep_cli.main([*argv, *extra])
+    out = argv[argv.index("--out") + 1]
+    if code == 2:
+        raise SystemExit(f"zoo: the sweep in {out} refused its arguments (above)")
+    try:
+        return gather.gather(out)
+    except Exception:  # noqa: BLE001 - nothing finished yet (a queued SLURM array)
+        return None
+
+
+def run_row(
+    label: str, budget: str, workdir: str, seeds: int, steps: int, lr, sweep_args: list[str]
+) -> dict | None:
+    """Trains and evaluates one row's seeds; its metrics (mean, std, per seed), size, speed,
+    learning curve and command, or None while some of its seeds are unfinished."""
+    preset, extra = ROWS[label]
+    if preset == "sklearn":
+        return _run_baseline(label, extra["model"], budget)
+    if preset == "audiovisual":
+        return _run_unsupervised(label, extra["stage"], budget, workdir, seeds, steps)
+    from vmjax.tools.summary import summarize
+
+    overrides = row_overrides(label, budget, steps, lr)
+    out = os.path.join(workdir, f"{budget}-{steps}", label.replace(" ", "_"))
+    results = run_sweep(sweep_command(preset, overrides, out, seeds), sweep_args)
+    cell = results["cells"][0] if results else None
+    if cell is None or cell["num_done"] < seeds:
+        done = cell["num_done"] if cell else 0
+        print(f"zoo: {label}: {done} of {seeds} seeds finished ({out})", file=sys.stderr)
+        return None
     config = get_config(preset)
     apply(config, overrides)
-    row_dir = os.path.join(workdir, label.replace(" ", "_"))
-    shutil.rmtree(row_dir, ignore_errors=True)
-    start = time.time()
-    result = loop.train_and_evaluate(config, row_dir)
-    seconds = time.time() - start
-    args = " ".join(f"--config.{k}={v}" for k, v in overrides.items())
+    run_dirs = [os.path.join(out, "runs", f"seed={s}") for s in cell["seeds"]]
+    # The markers' times are whole seconds: a run of under a second counts one.
+    seconds = max(statistics.fmean(_run_seconds(d) for d in run_dirs), 1.0)
+    batch_size = BUDGETS[budget]["batch_size"]
+    args = " ".join(f"--set={k}={v}" for k, v in overrides.items())
     return {
         "label": label,
         "params": summarize(config)["params"],
         "seconds": round(seconds, 1),
         "examples_per_s": round(steps * batch_size / seconds, 1),
         "train_videos": steps * batch_size,
-        "command": f"python -m vmjax.main --config configs/yt8m.py:{preset} --workdir W {args}",
-        **{k: v for k, v in result.items() if k.startswith(("gap", "map", "hit", "oracle"))},
+        "command": f"python -m vmjax.sweep --config configs/yt8m.py:{preset} --out W "
+        f"--seeds {seeds} {args}",
+        **seeded_metrics(cell),
+        "curve": curve([_evals(d) for d in run_dirs]),
     }
 
 
-def _multimodal_overrides(budget: str) -> dict:
+def seeded_metrics(cell: dict) -> dict:
+    """A sweep cell's metrics as a row's: the mean over seeds under the metric's own name, then
+    <metric>_std (sample, n - 1; None for one seed) and <metric>_per_seed in seed order."""
+    row = {"seeds": [int(s) for s in cell["seeds"]]}
+    for key, mean in cell["mean"].items():
+        if key.startswith(("gap", "map", "hit", "oracle")):
+            row[key] = mean
+            if not key.startswith("oracle"):
+                row[f"{key}_std"] = cell["std"][key]
+                row[f"{key}_per_seed"] = [m[key] for m in cell["seeds"].values()]
+    return row
+
+
+def curve(evals: list[list[dict]]) -> dict:
+    """Mean and std over seeds of every evaluation step's GAP (and GAP per kind)."""
+    steps = sorted(set.intersection(*(set(e["step"] for e in seed) for seed in evals)))
+    out = {"step": steps}
+    keys = ["gap"] + [f"gap_{k}" for k in synthetic.KINDS]
+    for key in keys:
+        values = [[next(e[key] for e in seed if e["step"] == s) for seed in evals] for s in steps]
+        if all(key in e for seed in evals for e in seed):
+            out[key] = [statistics.fmean(v) for v in values]
+            out[f"{key}_std"] = [statistics.stdev(v) if len(v) > 1 else None for v in values]
+    return out
+
+
+def _evals(run_dir: str) -> list[dict]:
+    """metrics.jsonl's evaluation lines, the last one per step (a resumed run may repeat)."""
+    by_step = {}
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        for line in f:
+            if line.strip():
+                metrics = json.loads(line)
+                if "gap" in metrics:
+                    by_step[metrics["step"]] = metrics
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def _run_seconds(run_dir: str) -> float:
+    """Wall time of a sweep run's last attempt (its DONE marker's start and end)."""
+    done = json.loads(pathlib.Path(run_dir, "DONE").read_text())
+    fmt = "%Y-%m-%dT%H:%M:%S"
+    start, end = (time.mktime(time.strptime(done[k], fmt)) for k in ("started", "ended"))
+    return end - start
+
+
+def _multimodal_overrides(budget: str, steps: int) -> dict:
     """The multimodal rows' CPU sizes and the budget: the unsupervised rows' encoders match."""
-    steps = BUDGETS[budget]["num_train_steps"]
     return {
         **CPU["common"],
         **CPU["multimodal"],
         **(QUICK_SIZES["multimodal"] if budget == "quick" else {}),
         **BUDGETS[budget],
+        "num_train_steps": steps,
         "eval_every": steps,
         "checkpoint_every": steps,
     }
@@ -203,12 +294,12 @@ def _args(overrides: dict) -> str:
     return " ".join(f"--config.{k}={v}" for k, v in overrides.items())
 
 
-def _pretrain(budget: str, workdir: str) -> dict:
-    """The audio-visual pretraining run of `budget`, trained once and reused by later rows."""
+def _pretrain(budget: str, workdir: str, steps: int, seed: int) -> dict:
+    """The audio-visual pretraining run of `budget` and seed, trained once and reused."""
     from vmjax.train import audiovisual
 
-    overrides = {**_multimodal_overrides(budget), **PRETRAIN}
-    run_dir = os.path.join(workdir, f"audiovisual_pretrain_{budget}")
+    overrides = {**_multimodal_overrides(budget, steps), **PRETRAIN, "seed": seed}
+    run_dir = os.path.join(workdir, f"{budget}-{steps}", "audiovisual_pretrain", f"seed={seed}")
     done = pathlib.Path(run_dir) / "zoo_pretrain.json"
     if done.exists():
         saved = json.loads(done.read_text())
@@ -227,41 +318,52 @@ def _pretrain(budget: str, workdir: str) -> dict:
         "rgb_to_audio_r@10": result["rgb_to_audio/r@10"],
         "num_videos": result["num_videos"],
         "command": f"python -m vmjax.main --config configs/audiovisual.py --workdir PRE "
-        f"{_args(overrides)}",
+        f"{_args({**overrides, 'seed': 'S'})}",
     }
     done.write_text(json.dumps(saved, indent=2))
     return saved
 
 
-def _run_unsupervised(label: str, stage: str, budget: str, workdir: str) -> dict:
-    """A head on the concatenated rgb and audio encoders: pretrained (probe, fine-tune) or not."""
+def _run_unsupervised(
+    label: str, stage: str, budget: str, workdir: str, seeds: int, steps: int
+) -> dict:
+    """A head on the concatenated rgb and audio encoders: pretrained (probe, fine-tune) or not.
+    Seed s pretrains (where the row has a pretraining) and trains the head with seed s."""
     from vmjax.tools.summary import summarize
     from vmjax.train import loop
 
-    steps, batch_size = (BUDGETS[budget][k] for k in ("num_train_steps", "batch_size"))
-    overrides = _multimodal_overrides(budget)
+    batch_size = BUDGETS[budget]["batch_size"]
+    overrides = _multimodal_overrides(budget, steps)
     if stage != "finetune":
         overrides.update(PROBE)
     else:  # LP-FT within the budget: the head alone for half the steps, then everything
-        overrides["freeze_steps"] = BUDGETS[budget]["num_train_steps"] // 2
-    config = get_config(stage, "audiovisual.py")
-    apply(config, overrides)
-    pre = None
-    command = ""
-    if stage != "random_probe":
-        pre = _pretrain(budget, workdir)
-        config.init_from.workdir = pre["workdir"]
-        command = f"{pre['command']} && "
-        overrides = {**overrides, "init_from.workdir": "PRE"}
-    row_dir = os.path.join(workdir, label.replace(" ", "_"))
-    shutil.rmtree(row_dir, ignore_errors=True)
-    start = time.time()
-    result = loop.train_and_evaluate(config, row_dir)
-    seconds = time.time() - start
-    command += (
-        f"python -m vmjax.main --config configs/audiovisual.py:{stage} --workdir W "
-        f"{_args(overrides)}"
-    )
+        overrides["freeze_steps"] = steps // 2
+    per_seed, pres = [], []
+    for seed in range(seeds):
+        config = get_config(stage, "audiovisual.py")
+        apply(config, {**overrides, "seed": seed})
+        if stage != "random_probe":
+            pres.append(_pretrain(budget, workdir, steps, seed))
+            config.init_from.workdir = pres[-1]["workdir"]
+        row_dir = os.path.join(workdir, f"{budget}-{steps}", label.replace(" ", "_"))
+        row_dir = os.path.join(row_dir, f"seed={seed}")
+        done = pathlib.Path(row_dir) / "zoo_row.json"
+        if done.exists() and json.loads(done.read_text())["config"] == config.to_json():
+            per_seed.append(json.loads(done.read_text()))
+            continue
+        shutil.rmtree(row_dir, ignore_errors=True)
+        start = time.time()
+        result = loop.train_and_evaluate(config, row_dir)
+        metrics = {k: v for k, v in result.items() if k.startswith(("gap", "map", "hit", "oracle"))}
+        saved = {"config": config.to_json(), "seconds": time.time() - start, "metrics": metrics}
+        done.write_text(json.dumps(saved))
+        per_seed.append(saved)
+    cell = _cell([s["metrics"] for s in per_seed])
+    seconds = statistics.fmean(s["seconds"] for s in per_seed)
+    command = f"{pres[0]['command']} && " if pres else ""
+    shown = {**overrides, "seed": "S", **({"init_from.workdir": "PRE"} if pres else {})}
+    command += f"python -m vmjax.main --config configs/audiovisual.py:{stage} --workdir W "
+    command += _args(shown)
     row = {
         "label": label,
         "params": summarize(config)["params"],
@@ -269,13 +371,21 @@ def _run_unsupervised(label: str, stage: str, budget: str, workdir: str) -> dict
         "examples_per_s": round(steps * batch_size / seconds, 1),
         "train_videos": steps * batch_size,
         "command": command,
-        **{k: v for k, v in result.items() if k.startswith(("gap", "map", "hit", "oracle"))},
+        **seeded_metrics(cell),
     }
-    if pre:
-        row["pretrain_seconds"] = pre["seconds"]
-        row["pretrain_audio_to_rgb_r@10"] = pre["audio_to_rgb_r@10"]
-        row["pretrain_chance_r@10"] = min(10 / pre["num_videos"], 1.0)
+    if pres:
+        row["pretrain_seconds"] = statistics.fmean(p["seconds"] for p in pres)
+        row["pretrain_audio_to_rgb_r@10"] = statistics.fmean(p["audio_to_rgb_r@10"] for p in pres)
+        row["pretrain_chance_r@10"] = min(10 / pres[0]["num_videos"], 1.0)
     return row
+
+
+def _cell(per_seed: list[dict]) -> dict:
+    """Per-seed metrics in the shape of a sweep cell (vmjax.sweep.gather): mean, std, seeds."""
+    from vmjax.sweep import gather
+
+    mean, std = gather.summary(per_seed)
+    return {"seeds": {str(i): m for i, m in enumerate(per_seed)}, "mean": mean, "std": std}
 
 
 def _run_baseline(label: str, name: str, budget: str) -> dict:
@@ -312,54 +422,100 @@ def _run_baseline(label: str, name: str, budget: str) -> dict:
     }
 
 
-def write_results(rows: list[dict], oracle: dict, path: str, budget: str) -> None:
-    """The markdown table with findings and commands, the rows as JSON, and the PNG."""
+def cell_text(row: dict, key: str) -> str:
+    """'0.782 ± 0.003' (mean ± sample std over seeds), or '0.782' for a row of one seed."""
+    std = row.get(f"{key}_std")
+    return f"{row[key]:.3f}" if std is None else f"{row[key]:.3f} ± {std:.3f}"
+
+
+def clear_win(a: dict, b: dict, key: str = "gap") -> bool | None:
+    """Whether row a beats row b on `key` by more than twice the larger std over seeds, the
+    study's rule for calling a difference a win; None when either row has no std (one seed)."""
+    stds = (a.get(f"{key}_std"), b.get(f"{key}_std"))
+    if None in stds:
+        return None
+    return a[key] - b[key] > 2 * max(stds)
+
+
+def verdict(a: dict, b: dict, key: str = "gap") -> str:
+    """The clause a comparison of a over b carries: a win, within noise, or untested."""
+    win = clear_win(a, b, key)
+    if win is None:
+        return " (one seed: not tested against seed noise)"
+    if win:
+        return " (a win: more than twice the larger std over seeds)"
+    return " (not a win: within twice the larger std over seeds)"
+
+
+def write_results(rows: list[dict], oracle: dict, path: str, study: dict) -> None:
+    """The markdown table with findings and commands, the rows as JSON, and the PNGs."""
+    budget, steps, seeds = study["budget"], study["steps"], study["seeds"]
     kinds = synthetic.KINDS
-    steps, batch_size = (BUDGETS[budget][k] for k in ("num_train_steps", "batch_size"))
+    batch_size = BUDGETS[budget]["batch_size"]
     num_validate = _data_config(budget).data.synthetic.num_validate
-    # The unsupervised rows share one pretraining run: counted once.
+    # Each seed's pretraining is shared by the probe and the fine-tune: counted once.
     pretrain = max((r.get("pretrain_seconds", 0.0) for r in rows), default=0.0)
-    minutes = (sum(r["seconds"] for r in rows) + pretrain) / 60
+    minutes = sum(r["seconds"] * len(r.get("seeds", [0])) for r in rows) / 60
+    minutes += pretrain * seeds / 60
     out = pathlib.Path(path)
     image = out.parent / "images" / f"{out.stem}.png"
+    curves_image = out.parent / "images" / f"{out.stem}_curves.png"
     head = "| model | GAP | mAP | Hit@1 | GAP / oracle | " + " | ".join(kinds)
     missing = [label for label in ROWS if label not in {r["label"] for r in rows}]
+    quick = " --quick" if budget == "quick" else ""
+    flags = f"{quick} --steps {steps} --seeds {seeds}"
+    lrs = study.get("lr") or {}
     lines = [
         "# The comparative study: models and fusion methods on the embedded dataset",
         "",
         *(
             [
                 f"> Partial: {len(rows)} of {len(ROWS)} rows. The rest: `python benchmarks/zoo.py"
-                f"{' --quick' if budget == 'quick' else ''} --update --rows "
-                f'"{",".join(missing)}"`.',
+                f'{flags} --update --rows "{",".join(missing)}"`.',
                 "",
             ]
             if missing
             else []
         ),
-        f"Written by `python benchmarks/zoo.py{' --quick' if budget == 'quick' else ''}`: "
-        f"{len(rows)} rows in {minutes:.0f} min of wall time on a 2-core CPU (the rows run one "
-        "after another; this is the sum of their training and evaluation times, and of the "
-        "unsupervised rows' shared pretraining). "
+        f"Written by `python benchmarks/zoo.py{flags}`: {len(rows)} rows, "
+        f"{minutes:.0f} min of run time in all on a 2-core CPU (every seed of every row, and "
+        "the unsupervised rows' pretraining). "
         f"Every vmjax model trains {steps} steps of {batch_size} videos from its "
         "`configs/yt8m.py:<model>` preset at CPU size (each row's command is below) and is "
-        f"evaluated on the {num_validate:,} validation videos of the embedded dataset. GAP@20, "
-        "mAP and Hit@1 are the official metrics; GAP / oracle divides by the generating "
-        "oracle's GAP "
-        "(label noise keeps it below 1); the kind columns are GAP@20 over each class kind "
-        "(visual, audio, cross-modal, temporal, text). `multimodal F - M` is fusion F with "
-        f"modality M removed. The unsupervised rows are the third family, unsupervised "
-        "fusion: a logistic head on the multimodal rgb and audio encoders after audio-visual "
-        "contrastive pretraining on the train videos without their labels (configs/"
-        "audiovisual.py, as many steps and videos as a row; its command precedes the row's), "
-        "trained alone (probe) or with the encoders (fine-tune); random-encoder probe is the "
-        "same probe on untrained encoders. "
+        f"evaluated on the {num_validate:,} validation videos of the embedded dataset"
+        + (
+            f", {CURVE_POINTS} times in the run (its learning curve). "
+            if any("curve" in r for r in rows)
+            else ". "
+        )
+        + "Each cell is the mean ± the "
+        "sample standard deviation (n - 1) over the row's seeds (--config.seed; the seed "
+        "sets the initialisation and the data order); a row trained with one seed shows its "
+        "value alone. A difference is called a win only when it exceeds twice the larger std "
+        "of the two rows. "
+        + (
+            "Learning rates: chosen per model row by `python benchmarks/zoo.py --lr_sweep` "
+            "(one seed per value, the best final GAP; results_lr.json): "
+            + ", ".join(f"{k} {v:g}" for k, v in lrs.items())
+            + "; other rows keep their preset's CPU learning rate. "
+            if lrs
+            else ""
+        )
+        + "GAP@20, mAP and Hit@1 are the official metrics; GAP / oracle divides by the "
+        "generating oracle's GAP (label noise keeps it below 1); the kind columns are GAP@20 "
+        "over each class kind (visual, audio, cross-modal, temporal, text). `multimodal F - M` "
+        "is fusion F with modality M removed. The unsupervised rows are the third family, "
+        "unsupervised fusion: a logistic head on the multimodal rgb and audio encoders after "
+        "audio-visual contrastive pretraining on the train videos without their labels "
+        "(configs/audiovisual.py, as many steps and videos as a row, one pretraining per "
+        "seed; its command precedes the row's), trained alone (probe) or with the encoders "
+        "(fine-tune); random-encoder probe is the same probe on untrained encoders. "
         f"scikit-learn rows fit {BASELINE_TRAIN[budget]:,} train videos' "
-        "video-level features (mean rgb + mean audio); their params count fitted coefficients "
-        "or tree nodes. train ex/s is wall-clock throughput of the whole row (evaluation "
-        "included; for scikit-learn: train videos / fit seconds) on a shared VM, where the "
-        "same row varies by about 30% between runs. Views: every row reads the embedded "
-        "dataset's per-frame features, one view per video (the whole clip of up to "
+        "video-level features (mean rgb + mean audio) once; their params count fitted "
+        "coefficients or tree nodes. train ex/s is wall-clock throughput of the whole row "
+        "(evaluation included; for scikit-learn: train videos / fit seconds) on a shared VM, "
+        "where the same row varies by about 30% between runs. Views: every row reads the "
+        "embedded dataset's per-frame features, one view per video (the whole clip of up to "
         "max_frames frames); no row decodes pixels, so the pixel configs' multi-view "
         "evaluation (eval.num_clips x eval.num_crops, vivit_pixels and vivit_k400) is not "
         "used here.",
@@ -375,21 +531,89 @@ def write_results(rows: list[dict], oracle: dict, path: str, budget: str) -> Non
     ]
     for r in rows:
         lines.append(
-            f"| {r['label']} | {r['gap']:.3f} | {r['map']:.3f} | {r['hit_at_1']:.3f} | "
-            f"{r['gap'] / oracle['gap']:.3f} | "
-            + " | ".join(f"{r[f'gap_{k}']:.3f}" for k in kinds)
+            f"| {r['label']} | {cell_text(r, 'gap')} | {cell_text(r, 'map')} | "
+            f"{cell_text(r, 'hit_at_1')} | {r['gap'] / oracle['gap']:.3f} | "
+            + " | ".join(cell_text(r, f"gap_{k}") for k in kinds)
             + f" | {r['params']:,} | {r['examples_per_s']:,.0f} |"
         )
     summary = conclusions(rows, budget)
     if summary:
         lines += ["", "## Conclusions", "", summary]
     lines += ["", "## Findings (computed from the rows above)", ""] + findings(rows, oracle, budget)
-    lines += ["", "## Commands (W = any work directory)", ""]
+    if any("curve" in r for r in rows):
+        lines += ["", "## Learning curves", "", *budget_findings(rows)]
+        lines += ["", f"![GAP during training]({curves_image.parent.name}/{curves_image.name})"]
+    lines += ["", "## Commands (W = any work directory, S = the seed)", ""]
     lines += [f"- {r['label']}: `{r['command']}`" for r in rows]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"budget": budget, "rows": rows}, indent=2))
+    out.with_suffix(".json").write_text(json.dumps({**study, "rows": rows}, indent=2))
     plot(rows, oracle, image)
+    if any("curve" in r for r in rows):
+        plot_curves(rows, oracle, curves_image, batch_size)
+
+
+def budget_findings(rows: list[dict]) -> list[str]:
+    """Which rows still gain over the last stretch of their learning curve (budget-limited) and
+    which have levelled off, by the same rule as a win: more than twice the larger std."""
+    rising, flat = [], []
+    for r in rows:
+        c = r.get("curve")
+        if not c or len(c["step"]) < 2 or " - " in r["label"]:
+            continue
+        gain = c["gap"][-1] - c["gap"][-2]
+        stds = (c["gap_std"][-1], c["gap_std"][-2])
+        noise = 2 * max(stds) if None not in stds else 0.0
+        text = f"{r['label']} {c['gap'][-2]:.3f} -> {c['gap'][-1]:.3f}"
+        (rising if gain > max(noise, 0.005) else flat).append(text)
+    steps = next(r["curve"]["step"] for r in rows if r.get("curve"))
+    span = f"from step {steps[-2]} to {steps[-1]}" if len(steps) > 1 else ""
+    out = []
+    if rising:
+        out.append(
+            f"- Still rising {span} (GAP gain above twice the larger std and 0.005): "
+            + ", ".join(rising)
+            + ". These rows are budget-limited: a larger --steps would move them."
+        )
+    if flat:
+        out.append(f"- Levelled off {span}: " + ", ".join(flat) + ".")
+    return out
+
+
+def plot_curves(rows: list[dict], oracle: dict, path: pathlib.Path, batch_size: int) -> None:
+    """GAP and temporal-kind GAP against train videos seen, mean ± std over seeds, per row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5))
+    cmap = plt.get_cmap("tab20")
+    shown = [r for r in rows if r.get("curve") and " - " not in r["label"]]
+    for ax, key, title in zip(
+        axes, ("gap", "gap_temporal"), ("GAP@20", "GAP@20, temporal kind"), strict=True
+    ):
+        for i, r in enumerate(shown):
+            c = r["curve"]
+            if key not in c:
+                continue
+            x = np.asarray(c["step"]) * batch_size
+            y = np.asarray(c[key])
+            ax.plot(x, y, marker="o", ms=3, color=cmap(i % 20), label=r["label"])
+            std = c[f"{key}_std"]
+            if None not in std:
+                ax.fill_between(x, y - std, y + std, color=cmap(i % 20), alpha=0.15)
+        ax.axhline(oracle[key], ls="--", c="k", lw=0.8, label="oracle")
+        if key == "gap_temporal":
+            ceiling = oracle["gap_temporal_order_blind"]
+            ax.axhline(ceiling, ls=":", c="gray", lw=0.8, label="order-blind ceiling")
+        ax.set(xlabel="train videos seen", ylabel=title, title=f"{title} during training")
+    axes[1].legend(fontsize=6, ncol=2, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def conclusions(rows: list[dict], budget: str) -> str:
@@ -428,7 +652,8 @@ def conclusions(rows: list[dict], budget: str) -> str:
         )
         text = [
             f"On the cross-modal classes, whose label needs rgb and audio evidence together, "
-            f"{name(top)} fusion wins ({gap(top, 'cross_modal'):.3f} GAP) ahead of {margins}"
+            f"{name(top)} fusion leads ({gap(top, 'cross_modal'):.3f} GAP) ahead of {margins}"
+            + verdict(by[top], by[ranked[1]], "cross_modal")
             + (
                 f", and it is also the best multimodal model overall (GAP {gap(overall):.3f})."
                 if overall == top
@@ -440,8 +665,8 @@ def conclusions(rows: list[dict], budget: str) -> str:
         if rival and gap(rival, "cross_modal") > gap(top, "cross_modal"):
             text.append(
                 f"Still, the single-encoder {rival} scores {gap(rival, 'cross_modal'):.3f} on "
-                "them: a mixture of experts over mean rgb and audio features learns those "
-                "conjunctions too."
+                f"them{verdict(by[rival], by[top], 'cross_modal')}: a mixture of experts over "
+                "mean rgb and audio features learns those conjunctions too."
             )
     # What each modality contributes: the drop in GAP when it is removed, averaged over fusions.
     cost = {d: sum(gap(m) - gap(f"{m} - {d}") for m in fused) / len(fused) for d in MODALITIES}
@@ -472,7 +697,8 @@ def conclusions(rows: list[dict], budget: str) -> str:
             f"weaker single-modality kind (audio {gap(late, 'audio'):.3f})"
             + (
                 f", and removing audio even raises its GAP "
-                f"({gap(late):.3f} -> {gap(late + ' - audio'):.3f})."
+                f"({gap(late):.3f} -> {gap(late + ' - audio'):.3f})"
+                f"{verdict(by[late + ' - audio'], by[late])}."
                 if helped
                 else "."
             )
@@ -482,7 +708,8 @@ def conclusions(rows: list[dict], budget: str) -> str:
         text.append(
             f"The MBT bottleneck, which lets modalities exchange information only through a few "
             f"shared tokens, trails {name(top)} by {gap(top) - gap(bottleneck):.3f} GAP at "
-            f"this budget and trains at {by[bottleneck]['examples_per_s']:.0f} ex/s against "
+            f"this budget{verdict(by[top], by[bottleneck])} and trains at "
+            f"{by[bottleneck]['examples_per_s']:.0f} ex/s against "
             f"{name(top)}'s {by[top]['examples_per_s']:.0f}."
         )
     if singles:
@@ -491,7 +718,8 @@ def conclusions(rows: list[dict], budget: str) -> str:
             edge = gap(overall, "text") - gap(best_single, "text")
             text.append(
                 f"No multimodal model beats the best single-encoder model ({best_single}, GAP "
-                f"{gap(best_single):.3f}) overall: the visual and audio kinds, "
+                f"{gap(best_single):.3f}; best multimodal {name(overall)} {gap(overall):.3f}"
+                f"{verdict(by[best_single], by[overall])}) overall: the visual and audio kinds, "
                 f"{share(('visual', 'audio')):.0%} of the classes, need no more than its mean "
                 "rgb and audio features"
                 + (
@@ -526,7 +754,7 @@ def unsupervised_summary(by: dict[str, dict]) -> str:
         f"linear probe reaches GAP {probe['gap']:.3f} against {random['gap']:.3f} for the same "
         "probe on randomly initialised encoders, "
         + (
-            f"a margin of {margin:+.3f}"
+            f"a margin of {margin:+.3f}{verdict(probe, random)}"
             + (
                 f" (cross-modal {probe['gap_cross_modal']:.3f} vs {random['gap_cross_modal']:.3f})"
                 if "gap_cross_modal" in probe
@@ -572,7 +800,8 @@ def findings(rows: list[dict], oracle: dict, budget: str) -> list[str]:
         line = (
             "- Cross-modal classes (rgb AND audio evidence) by fusion: "
             + ", ".join(f"{m.split()[1]} {gap(m, 'cross_modal'):.3f}" for m in ranked)
-            + f". {ranked[0].split()[1]} wins by {first - second:+.3f} over {ranked[1].split()[1]}"
+            + f". {ranked[0].split()[1]} leads by {first - second:+.3f} over {ranked[1].split()[1]}"
+            + verdict(by[ranked[0]], by[ranked[1]], "cross_modal")
         )
         if singles:
             top = max(singles, key=lambda m: gap(m, "cross_modal"))
@@ -738,6 +967,43 @@ def _oracle(budget: str) -> dict:
     return synthetic.read_oracle(os.path.join(os.path.expanduser(c.data.cache_dir), spec.key()))
 
 
+def lr_sweep(labels, budget, steps, lrs, workdir, sweep_args, path: pathlib.Path) -> dict:
+    """One seed per learning rate for each model row (an ablation takes its fusion's rate);
+    the best final GAP is chosen. Written to `path` as each row finishes; returns it."""
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    if saved.get("budget") != budget or saved.get("steps") != steps:
+        saved = {"budget": budget, "steps": steps, "rows": {}}
+    for label in labels:
+        preset, _ = ROWS[label]
+        if preset in ("sklearn", "audiovisual") or " - " in label:
+            continue
+        out = os.path.join(workdir, f"{budget}-{steps}", "lr", label.replace(" ", "_"))
+        grid = "optimizer.learning_rate=" + ",".join(f"{lr:g}" for lr in lrs)
+        overrides = row_overrides(label, budget, steps)
+        del overrides["optimizer.learning_rate"]
+        results = run_sweep(sweep_command(preset, overrides, out, 1, grid), sweep_args)
+        cells = [c for c in (results or {}).get("cells", []) if c["num_done"]]
+        if len(cells) < len(lrs):
+            print(f"zoo: {label}: {len(cells)} of {len(lrs)} rates finished ({out})")
+            continue
+        by_lr = {c["overrides"]["optimizer.learning_rate"]: c["mean"]["gap"] for c in cells}
+        chosen = max(by_lr, key=by_lr.get)
+        saved["rows"][label] = {"gap_by_lr": by_lr, "chosen": float(chosen)}
+        print(f"zoo: {label}: GAP by learning rate {by_lr}; chosen {chosen}", flush=True)
+        path.write_text(json.dumps(saved, indent=2))
+    return saved
+
+
+def chosen_lr(label: str, chosen: dict) -> float | None:
+    """The swept learning rate of a row, or of the fusion an ablation row removes a modality
+    from; None: the preset's CPU rate."""
+    rows = chosen.get("rows", {})
+    for name in (label, label.split(" - ")[0]):
+        if name in rows:
+            return rows[name]["chosen"]
+    return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
@@ -748,10 +1014,26 @@ def main() -> None:
         "--quick", action="store_true", help=f"budget {BUDGETS['quick']} (steps, batch)"
     )
     parser.add_argument("--rows", default="", help="comma-separated row labels (default: all)")
-    parser.add_argument("--workdir", default="/tmp/vmjax-zoo", help="per-row run directories")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per row (default 3)")
+    parser.add_argument("--steps", type=int, help="train steps per row (default: the budget's)")
+    parser.add_argument("--workdir", default="/tmp/vmjax-zoo", help="per-row sweep directories")
     parser.add_argument(
         "--out", default="", help="default docs/results.md (--quick: results_quick.md)"
     )
+    parser.add_argument(
+        "--sweep",
+        default="",
+        help="extra vmjax.sweep flags for every row, e.g. '--parallel 2' or "
+        "'--launcher slurm --slurm_option=--gpus-per-task=1' (rows still queued are left out "
+        "of the table until a later run of this command finds them finished)",
+    )
+    parser.add_argument(
+        "--lr_sweep",
+        action="store_true",
+        help="choose each model row's learning rate (one seed per --lrs value) into "
+        "results_lr.json beside --out; later runs of the study use the chosen rates",
+    )
+    parser.add_argument("--lrs", default="0.001,0.003,0.01,0.03", help="--lr_sweep's rates")
     parser.add_argument("--from_json", help="re-render from a saved results JSON")
     parser.add_argument(
         "--update", action="store_true", help="run only --rows and replace them in --out's JSON"
@@ -762,29 +1044,54 @@ def main() -> None:
         print("\n".join(ROWS))
         return
     budget = "quick" if args.quick else "full"
+    steps = args.steps or BUDGETS[budget]["num_train_steps"]
+    if args.seeds < 1 or steps < 1:
+        parser.error("--seeds and --steps must be at least 1")
     out = args.out or str(ROOT / "docs" / ("results_quick.md" if args.quick else "results.md"))
+    lr_path = pathlib.Path(out).with_name(pathlib.Path(out).stem + "_lr.json")
     if args.from_json:
         saved = json.loads(pathlib.Path(args.from_json).read_text())
-        write_results(saved["rows"], _oracle(saved["budget"]), out, saved["budget"])
+        study = {k: v for k, v in saved.items() if k != "rows"}
+        study.setdefault("steps", BUDGETS[saved["budget"]]["num_train_steps"])
+        study.setdefault("seeds", 1)
+        write_results(saved["rows"], _oracle(saved["budget"]), out, study)
         print(f"wrote {out}")
         return
     labels = [m.strip() for m in args.rows.split(",") if m.strip()] or list(ROWS)
     unknown = [m for m in labels if m not in ROWS]
     if unknown:
         parser.error(f"unknown rows {unknown}; --list shows them")
+    sweep_args = shlex.split(args.sweep)
+    if args.lr_sweep:
+        lrs = [float(v) for v in args.lrs.split(",")]
+        lr_sweep(labels, budget, steps, lrs, args.workdir, sweep_args, lr_path)
+        print(f"wrote {lr_path}")
+        return
+    chosen = json.loads(lr_path.read_text()) if lr_path.exists() else {}
+    if chosen and (chosen["budget"], chosen["steps"]) != (budget, steps):
+        chosen = {}  # rates chosen at another budget do not carry over
+    study = {"budget": budget, "steps": steps, "seeds": args.seeds}
+    study["lr"] = {k: v["chosen"] for k, v in chosen.get("rows", {}).items()}
     previous = {}
     if args.update:
         saved = json.loads(pathlib.Path(out).with_suffix(".json").read_text())
-        if saved["budget"] != budget:
-            parser.error(f"{out} holds the {saved['budget']} budget; pass --quick to match")
+        if (saved["budget"], saved.get("steps"), saved.get("seeds")) != (budget, steps, args.seeds):
+            parser.error(
+                f"{out} holds budget {saved['budget']}, {saved.get('steps')} steps, "
+                f"{saved.get('seeds', 1)} seeds; pass --quick, --steps and --seeds to match"
+            )
         previous = {r["label"]: r for r in saved["rows"]}
     start = time.time()
     for label in labels:
-        row = run_row(label, budget, args.workdir)
-        print(json.dumps(row), flush=True)
+        lr = chosen_lr(label, chosen)
+        row = run_row(label, budget, args.workdir, args.seeds, steps, lr, sweep_args)
+        if row is None:
+            continue
+        print(json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)
         previous[label] = row
         # Rewritten after every row, so a long run leaves its finished rows behind.
-        write_results([previous[m] for m in ROWS if m in previous], _oracle(budget), out, budget)
+        rows = [previous[m] for m in ROWS if m in previous]
+        write_results(rows, _oracle(budget), out, study)
     print(f"wrote {out} in {(time.time() - start) / 60:.1f} min")
 
 

@@ -45,7 +45,7 @@ def gather(out: str, slurm_active: Collection[str] | None = None) -> dict:
         cell["seeds"] = dict(sorted(cell["seeds"].items(), key=lambda kv: int(kv[0])))
         cell["not_done"] = dict(sorted(cell["not_done"].items(), key=lambda kv: int(kv[0])))
         cell["num_done"] = len(cell["seeds"])
-        cell["mean"], cell["std"] = _summary(list(cell["seeds"].values()))
+        cell["mean"], cell["std"] = summary(list(cell["seeds"].values()))
     sweep = read_json(os.path.join(out, "sweep.json")) or {}
     results = {
         "config": sweep.get("config"),
@@ -91,7 +91,8 @@ def _order(value: str | None) -> tuple:
         return (2, 0.0, value)
 
 
-def _summary(seeds: list[dict]) -> tuple[dict, dict]:
+def summary(seeds: list[dict]) -> tuple[dict, dict]:
+    """Mean and sample std (None for one seed) of each metric over the seeds' metric dicts."""
     mean, std = {}, {}
     keys = [k for k in (seeds[0] if seeds else {}) if k != "step"]
     for key in keys:
