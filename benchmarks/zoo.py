@@ -1,10 +1,18 @@
 """The comparative study: every zoo model and fusion method on the embedded data -> docs/results.md.
 
   python benchmarks/zoo.py --quick     # every row at a small budget -> docs/results_quick.md
-  python benchmarks/zoo.py             # the full study -> docs/results.md
+  python benchmarks/zoo.py             # the full study, 3 seeds per row -> docs/results.md
+  python benchmarks/zoo.py --lr_sweep  # first: each model row's learning rate (results_lr.json)
+  python benchmarks/zoo.py --steps 1200 --rows "lstm,vivit" --out /tmp/long/results.md
   python benchmarks/zoo.py --rows "multimodal gated,multimodal gated - audio" --update
+  python benchmarks/zoo.py --sweep "--launcher slurm --slurm_option=--gpus-per-task=1"
   python benchmarks/zoo.py --from_json docs/results.json   # re-render table, findings, plot
 
+Every model row runs its seeds as one `python -m vmjax.sweep` (a directory per row under
+--workdir): finished seeds are skipped, so the study can be stopped and resumed, grown by seeds
+or rows, or sent to a SLURM cluster with --sweep (rows still queued are left out of the table;
+run the same command again once they finish). Each row's cells are mean ± std over its seeds,
+with the per-seed values in the JSON, and its learning curve (GAP at CURVE_POINTS evaluations).
 Each model trains from its `configs/yt8m.py:<name>` preset shrunk to CPU size (the overrides
 are in each row's command), all with the same budget (steps x batch) on the same embedded data,
 and is evaluated on its 4,000 validation videos. The multimodal model runs with each fusion
