@@ -64,8 +64,8 @@ def export(
       audio-visual run's 'rgb' or 'audio'; default its first).
     """
     # Model code is imported here, not at module level: `load` must work without it.
-    from vmjax import __version__, trained
     from vmjax import run as run_lib
+    from vmjax import trained
     from vmjax.data import pipeline
     from vmjax.data.device import DTYPES, cast_floats, model_inputs
     from vmjax.errors import RunDirectoryError
@@ -116,29 +116,47 @@ def export(
 
     keys, serialized, platforms_ = _lower(scores_fn, leaves, example, batch_size, platforms, log)
     dim = BATCH if batch_size is None else batch_size
-    header = {
+    header = _header(
+        config,
+        step,
+        platforms_,
+        keys,
+        example,
+        dim,
+        leaves,
+        workdir,
+        model=config.model.name,
+        data_level=level,  # 'frame' | 'video' (YT8M features) | 'pixels' (decoded clips)
+        num_classes=d.num_classes,
+        output={"name": "scores", "shape": [dim, d.num_classes], "dtype": "float32"},
+        class_names=_class_name_source(config),
+        text_vocab_size=int(d.get("text_vocab_size", 0) or 0),  # for the server's checks
+        weights=config.compress.weight_dtype if quantized else "float32",
+    )
+    _write(out, header, serialized, leaves, log)
+    return header
+
+
+def _header(config, step, platforms, keys, example, dim, leaves, workdir, **fields) -> dict:
+    """The export header: the fields every exported file has, and `fields` (model, data level,
+    classes, output, class names, ...), which say what kind of file it is."""
+    from vmjax import __version__
+
+    return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "vmjax_version": __version__,
         "jax_version": jax.__version__,
-        "model": config.model.name,
-        "data_level": level,  # 'frame' | 'video' (YT8M features) | 'pixels' (decoded clips)
-        "num_classes": d.num_classes,
         "step": step,
         "dtype": config.dtype,
-        "platforms": platforms_,
+        "platforms": platforms,
         "inputs": _inputs(keys, example, dim),
         "ignored_inputs": [k for k in (*MODEL_INPUT_KEYS, *PIPELINE_ONLY_KEYS) if k not in keys],
-        "output": {"name": "scores", "shape": [dim, d.num_classes], "dtype": "float32"},
         "num_variables": len(leaves),
         "num_parameters": int(sum(x.size for x in leaves)),
-        "class_names": _class_name_source(config),
         "workdir": workdir,
-        "text_vocab_size": int(d.get("text_vocab_size", 0) or 0),  # for the server's checks
-        "weights": config.compress.weight_dtype if quantized else "float32",
+        **fields,
     }
-    _write(out, header, serialized, leaves, log)
-    return header
 
 
 def _host_leaves(variables) -> tuple[list[np.ndarray], object]:
@@ -218,7 +236,6 @@ def _export_encoder(task, workdir, out, step, batch_size, platforms, log, output
     """One tower of a retrieval or audio-visual run: embeddings = tower(variables, batch)."""
     import jax.numpy as jnp
 
-    from vmjax import __version__
     from vmjax import run as run_lib
     from vmjax.data import pipeline
     from vmjax.data.device import DTYPES, cast_floats, model_inputs
@@ -284,28 +301,24 @@ def _export_encoder(task, workdir, out, step, batch_size, platforms, log, output
         [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves],
         {k: jax.ShapeDtypeStruct((1, *example[k].shape[1:]), example[k].dtype) for k in keys},
     ).shape[-1]
-    header = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "vmjax_version": __version__,
-        "jax_version": jax.__version__,
-        "task": task,
-        "model": f"{task} encoder: {output} tower",
-        "data_level": config.data.level,
-        "num_classes": None,  # not a classifier (vmjax.serve answers a video tower's embeddings)
-        "step": step,
-        "dtype": config.dtype,
-        "platforms": platforms_,
-        "inputs": _inputs(keys, example, dim),
-        "ignored_inputs": [k for k in (*MODEL_INPUT_KEYS, *PIPELINE_ONLY_KEYS) if k not in keys],
-        "output": {"name": f"{output}_embeddings", "shape": [dim, embed_dim], "dtype": "float32"},
-        "num_variables": len(leaves),
-        "num_parameters": int(sum(x.size for x in leaves)),
-        "class_names": None,
-        "workdir": workdir,
-        "text_vocab_size": vocab,
-        "weights": "float32",
-    }
+    header = _header(
+        config,
+        step,
+        platforms_,
+        keys,
+        example,
+        dim,
+        leaves,
+        workdir,
+        task=task,
+        model=f"{task} encoder: {output} tower",
+        data_level=config.data.level,
+        num_classes=None,  # not a classifier (vmjax.serve answers a video tower's embeddings)
+        output={"name": f"{output}_embeddings", "shape": [dim, embed_dim], "dtype": "float32"},
+        class_names=None,
+        text_vocab_size=vocab,
+        weights="float32",
+    )
     _write(out, header, serialized, leaves, log)
     return header
 
