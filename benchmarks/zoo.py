@@ -79,12 +79,16 @@ CPU = {
         "model.vivit.num_layers": 3,
         "model.vivit.mlp_dim": 256,
     },
+    # MBT: a bottleneck written by layer l is first read by layer l + 1, so with 2 fusion layers
+    # only fusion_layer 0 exchanges anything between modalities (the preset's 1, made for 3
+    # layers, left the study's bottleneck rows with no exchange at all before 2026-12-07).
     "multimodal": {
         "model.hidden_size": 128,
         "model.vivit.hidden_size": 128,
         "model.vivit.num_layers": 3,
         "model.vivit.mlp_dim": 256,
         "model.fusion_layers": 2,
+        "model.fusion_layer": 0,
     },
 }
 # --quick also shrinks the transformer models (the slowest rows) further.
@@ -99,7 +103,7 @@ QUICK_SIZES = {
         "model.vivit.hidden_size": 64,
         "model.vivit.num_layers": 2,
         "model.vivit.mlp_dim": 128,
-        "model.fusion_layers": 1,
+        "model.fusion_layers": 2,  # one layer could not exchange through bottlenecks
     },
 }
 SINGLE = ("logistic", "moe", "frame_logistic", "frame_moe", "dbof", "lstm", "netvlad", "nextvlad")
