@@ -235,6 +235,18 @@ def test_a_value_of_the_wrong_type_names_its_key(key, value, allowed):
         ("vivit_pixels", {"data.num_frames": 7}, "data.num_frames", ["patch_size[0]=2"]),
         ("vivit_pixels:cnn_lstm", {"model.cnn.num_groups": 6}, "model.cnn.num_groups", ["(32 in"]),
         ("yt8m:multimodal", {"model.fusion_layer": 4}, "model.fusion_layer", ["[0, 3]"]),
+        (  # MBT: the last layer's bottleneck update is read by no layer, so nothing is exchanged
+            "yt8m:multimodal",
+            {"model.fusion": "bottleneck", "model.fusion_layers": 2},
+            "model.fusion_layer",
+            ["[0, 0] for modalities", "or 2 for late", "carry nothing"],
+        ),
+        (
+            "retrieval",
+            {"model.fusion": "bottleneck", "model.fusion_layer": 1},
+            "model.fusion_layer",
+            ["carry nothing"],
+        ),
         # data files
         ("yt8m", {"data.train_pattern": "/d/train*"}, "data.eval_pattern", ["neither"]),
         ("yt8m", {"data.format": "array_record"}, "data.train_pattern", ["DIR:SPLIT"]),

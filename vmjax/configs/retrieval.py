@@ -74,7 +74,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.fusion = "concat"  # video tower: concat | gated | bottleneck (MBT)
     c.model.modalities = "rgb,audio"  # video tower inputs (drop one to ablate)
     c.model.fusion_layers = 2  # bottleneck: transformer layers per modality
-    c.model.fusion_layer = 1  # bottleneck: first layer exchanging via bottlenecks
+    c.model.fusion_layer = 0  # bottleneck: first layer with bottlenecks; mixing needs <= layers-2
     c.model.num_bottlenecks = 4  # bottleneck: shared bottleneck tokens
     c.model.vivit = ml_collections.ConfigDict()  # the rgb encoder (vmjax.models.vivit)
     c.model.vivit.variant = "spatio_temporal"  # or factorised_encoder / _self_attention / ...

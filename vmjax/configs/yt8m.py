@@ -114,7 +114,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.fusion = "concat"  # multimodal: concat | gated | bottleneck (MBT) | late
     c.model.modalities = "rgb,audio,text"  # multimodal: the inputs it uses (drop one to ablate)
     c.model.fusion_layers = 3  # multimodal bottleneck: transformer layers per modality
-    c.model.fusion_layer = 1  # multimodal bottleneck: first layer exchanging via bottlenecks
+    c.model.fusion_layer = 1  # multimodal bottleneck: 1st layer with them; mixing needs <= layers-2
     c.model.num_bottlenecks = 4  # multimodal bottleneck: shared bottleneck tokens
     c.model.head = "moe"  # multimodal: moe | logistic (a linear probe of the fused embedding)
 

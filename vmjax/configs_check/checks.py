@@ -197,6 +197,18 @@ def bottleneck_layers(c: Config, _) -> ConfigError | None:
     layer, layers = lookup(c, "model.fusion_layer"), lookup(c, "model.fusion_layers")
     if ABSENT not in (layer, layers) and layer > layers:
         return ConfigError("model.fusion_layer", layer, f"an int in [0, {layers}] (fusion_layers)")
+    names = [m for m in str(lookup(c, "model.modalities", "")).split(",") if m.strip()]
+    bottleneck = lookup(c, "model.fusion", None) == "bottleneck" and len(names) > 1
+    if bottleneck and ABSENT not in (layer, layers) and layers >= 1 and layer == layers - 1:
+        # A bottleneck written by layer l is first read by layer l + 1 (fusion.BottleneckFusion).
+        return ConfigError(
+            "model.fusion_layer",
+            layer,
+            f"an int in [0, {layers - 2}] for modalities that exchange through the bottlenecks, "
+            f"or {layers} for late fusion",
+            f"with fusion_layers={layers} the bottlenecks written by layer {layer} are read by "
+            "no later layer: they would carry nothing between modalities",
+        )
     return None
 
 

@@ -111,7 +111,9 @@ class BottleneckFusion(nn.Module):
         spectrograms from one ImageNet-initialised ViT-B; the paper's model has no masks.
       - The paper classifies each modality's CLS with one shared linear head and averages the
         logits; classifiers.fuse averages the CLS embeddings before the head, which is the same
-        for the logistic head and not for the MoE head. No stochastic depth (Scenic's
+        for the logistic head and not for the MoE head. Scenic trains each modality's logits
+        with its own loss (the mean of the per-modality losses) and averages the logits only
+        at test time; here one loss is on the fused prediction. No stochastic depth (Scenic's
         droplayer).
     tests/models/test_fusion.py checks the defining property by gradients: no modality's
     tokens depend on another's input before the fusion layer, they do after it, and only
