@@ -555,6 +555,9 @@ def write_results(rows: list[dict], oracle: dict, path: str, study: dict) -> Non
     if any("curve" in r for r in rows):
         lines += ["", "## Learning curves", "", *budget_findings(rows)]
         lines += ["", f"![GAP during training]({curves_image.parent.name}/{curves_image.name})"]
+    notes = out.with_name(f"{out.stem}_notes.md")
+    if notes.exists():  # hand-written: the experiments that explain rows (not computed here)
+        lines += ["", notes.read_text().strip()]
     lines += ["", "## Commands (W = any work directory, S = the seed)", ""]
     lines += [f"- {r['label']}: `{r['command']}`" for r in rows]
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -580,7 +583,11 @@ def budget_findings(rows: list[dict]) -> list[str]:
         (rising if gain > max(noise, 0.005) else flat).append(text)
     steps = next(r["curve"]["step"] for r in rows if r.get("curve"))
     span = f"from step {steps[-2]} to {steps[-1]}" if len(steps) > 1 else ""
-    out = []
+    out = [
+        "- Every run's learning rate decays (cosine) to 1% of its peak by its last step, so any "
+        "curve flattens near its end: a levelled-off row may still gain from a larger budget. "
+        "Whether it does is read from the same row at two budgets (--steps), not from one curve."
+    ]
     if rising:
         out.append(
             f"- Still rising {span} (GAP gain above twice the larger std and 0.005): "
