@@ -1,13 +1,17 @@
-"""Times forward+backward of our LSTM runner against Flax's OptimizedLSTMCell in nn.RNN.
+"""Times forward+backward of our LSTM runner against torch.nn.LSTM and Flax's OptimizedLSTMCell.
 
 Usage: python benchmarks/lstm.py [--batch 64] [--frames 300] [--input 1152] [--hidden 1024]
        [--repeats 3] [--unroll 1] [--quick]
-Each model is a jitted value_and_grad of sum(outputs) wrt params and inputs; compile time is
-excluded, the two are timed alternately and the median of `--repeats` calls is printed. On GPU,
-cuDNN's LSTM through jax.experimental.rnn is timed too.
+Each model computes sum(outputs) and its gradients wrt params and inputs: ours and Flax's as a
+jitted value_and_grad, torch's as forward + backward (time-major, its fastest layout on CPU, with
+as many threads as this process may use, our weights copied in). Compile time and a warm-up call
+are excluded; the models are timed alternately and the median of `--repeats` calls is printed.
+torch is only a reference here (skipped when not installed). On GPU, cuDNN's LSTM through
+jax.experimental.rnn is timed too.
 """
 
 import argparse
+import os
 import time
 from collections.abc import Callable
 
@@ -53,8 +57,36 @@ def _cudnn_lstm(x: jax.Array, hidden: int, repeats: int) -> float:
     return _time(_loss_and_grad(apply), (weights, x), repeats)
 
 
+def _torch_lstm(params: dict, x: jax.Array, threads: int) -> Callable[[], object] | None:
+    """torch.nn.LSTM with our weights: a closure running forward + backward of sum(outputs)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(threads)
+    weights = params["l0"]
+    hidden = weights["recurrent_kernel"].shape[0]
+    lstm = torch.nn.LSTM(x.shape[-1], hidden)  # time-major: batch_first=True was slower on CPU
+    with torch.no_grad():
+        lstm.weight_ih_l0.copy_(torch.from_numpy(np.asarray(weights["input_kernel"]).T.copy()))
+        lstm.weight_hh_l0.copy_(torch.from_numpy(np.asarray(weights["recurrent_kernel"]).T.copy()))
+        lstm.bias_ih_l0.copy_(torch.from_numpy(np.array(weights["bias"])))
+        lstm.bias_hh_l0.zero_()
+    frames = torch.from_numpy(np.asarray(x).transpose(1, 0, 2).copy()).requires_grad_()
+
+    def step() -> object:
+        lstm.zero_grad(set_to_none=True)
+        frames.grad = None
+        outputs, _ = lstm(frames)
+        loss = outputs.sum()
+        loss.backward()
+        return loss.item()
+
+    return step
+
+
 def main() -> None:
-    """Builds both LSTMs on the same random frames and prints seconds per step."""
+    """Builds the LSTMs on the same random frames and prints seconds per step."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--frames", type=int, default=300)  # YT8M: up to 300 one-second frames
@@ -78,23 +110,41 @@ def main() -> None:
     flax_params = flax_rnn.init(jax.random.key(1), x)["params"]
     flax_step = _loss_and_grad(lambda p, x: flax_rnn.apply({"params": p}, x))
 
-    jax.block_until_ready(ours_step(ours_params, x))  # compile
+    threads = len(os.sched_getaffinity(0))
+    torch_step = _torch_lstm(ours_params, x, threads)
+
+    ours_loss, _ = ours_step(ours_params, x)  # compile
     jax.block_until_ready(flax_step(flax_params, x))
-    # Alternating the two keeps a change in machine load from landing on one of them only.
-    ours_times, flax_times = [], []
+    if torch_step is not None:
+        torch_loss = torch_step()  # warm-up: oneDNN picks and JITs its kernels on the first call
+        # Same weights, same frames: a check that the two compute the same thing.
+        print(f"loss ours {float(ours_loss):.6g} torch {torch_loss:.6g}")
+    # Alternating keeps a change in machine load from landing on one model only.
+    ours_times, flax_times, torch_times = [], [], []
     for _ in range(args.repeats):
         ours_times.append(_seconds(ours_step, (ours_params, x)))
+        if torch_step is not None:
+            torch_times.append(_seconds(torch_step, ()))
         flax_times.append(_seconds(flax_step, (flax_params, x)))
     ours_seconds, flax_seconds = float(np.median(ours_times)), float(np.median(flax_times))
 
     print(f"backend {jax.default_backend()}")
     print(f"shape batch {args.batch} frames {args.frames} input {args.input} hidden {args.hidden}")
-    print(f"repeats {args.repeats} unroll {args.unroll}")
+    print(f"repeats {args.repeats} unroll {args.unroll} threads {threads}")
     print("ours_each " + " ".join(f"{t:.3f}" for t in ours_times))
     print("flax_each " + " ".join(f"{t:.3f}" for t in flax_times))
     print(f"ours_seconds {ours_seconds:.4f}")
     print(f"flax_seconds {flax_seconds:.4f}")
     print(f"ratio_flax_over_ours {flax_seconds / ours_seconds:.3f}")
+    if torch_step is None:
+        print("torch skipped: not installed")
+    else:
+        torch_seconds = float(np.median(torch_times))
+        print("torch_each " + " ".join(f"{t:.3f}" for t in torch_times))
+        ratios = " ".join(f"{t / o:.3f}" for t, o in zip(torch_times, ours_times, strict=True))
+        print(f"ratio_torch_over_ours_each {ratios}")
+        print(f"torch_seconds {torch_seconds:.4f}")
+        print(f"ratio_torch_over_ours {torch_seconds / ours_seconds:.3f}")
     if jax.default_backend() == "gpu":
         cudnn_seconds = _cudnn_lstm(x, args.hidden, args.repeats)
         print(f"cudnn_seconds {cudnn_seconds:.4f}")

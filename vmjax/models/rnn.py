@@ -9,9 +9,10 @@ Each cell keeps its weights in a layout that lets the runner hoist the input pro
 the time loop: `input_kernel: [in, G * H]` (gate blocks side by side, in PyTorch's gate order),
 an input bias, and `recurrent_kernel: [H, G * H]`. `RNN` multiplies all frames by
 `input_kernel` in one matmul and scans over time only for `h @ recurrent_kernel` and the gate
-math. Its backward pass is written by hand (`jax.custom_vjp`) so that each weight gradient is one
-matmul over all T * B rows rather than a per-step accumulation; together this makes it faster
-than Flax's `OptimizedLSTMCell` in `nn.RNN` (benchmarks/lstm.py). The custom VJP means reverse
+math, with the state kept feature-major (`[H, B]`) so that the per-step matmul reads the kernel
+in place. Its backward pass is written by hand (`jax.custom_vjp`) so that each weight gradient is
+one matmul over all T * B rows rather than a per-step accumulation; benchmarks/lstm.py times it
+against torch.nn.LSTM and Flax's `OptimizedLSTMCell` in `nn.RNN`. The custom VJP means reverse
 mode only: `jax.jvp`/`jax.jacfwd` through `RNN` are not supported.
 
 Porting PyTorch weights: `rnn_params_from_torch(module.state_dict(), "lstm")` gives the params
@@ -99,6 +100,8 @@ class LSTMCell(nn.Module):
 
     hidden_size: int
     num_gates: ClassVar[int] = 4
+    # `update` sees only gates_x + gates_h, so both have the same gradient.
+    gates_added: ClassVar[bool] = True
 
     @nn.compact
     def weights(self, input_size: int) -> Weights:
@@ -125,10 +128,13 @@ class LSTMCell(nn.Module):
         return h @ w["recurrent_kernel"]
 
     @staticmethod
-    def update(carry: Carry, gates_x: jax.Array, gates_h: jax.Array) -> Carry:
-        """The elementwise rest of a step, given both halves of the pre-activations."""
+    def update(carry: Carry, gates_x: jax.Array, gates_h: jax.Array, axis: int = -1) -> Carry:
+        """The elementwise rest of a step, given both halves of the pre-activations.
+
+        `axis` is where the gate blocks sit: -1 for `[B, 4H]`, 0 for the runner's `[4H, B]`.
+        """
         _, c = carry
-        i, f, g, o = jnp.split(gates_x + gates_h, 4, axis=-1)
+        i, f, g, o = jnp.split(gates_x + gates_h, 4, axis=axis)
         i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
         c = f * c + i * g
         h = o * jnp.tanh(c)
@@ -167,6 +173,7 @@ class GRUCell(nn.Module):
 
     hidden_size: int
     num_gates: ClassVar[int] = 3
+    gates_added: ClassVar[bool] = False  # r multiplies the hidden half of n only
 
     @nn.compact
     def weights(self, input_size: int) -> Weights:
@@ -194,11 +201,14 @@ class GRUCell(nn.Module):
         return h @ w["recurrent_kernel"] + w["recurrent_bias"]
 
     @staticmethod
-    def update(carry: Carry, gates_x: jax.Array, gates_h: jax.Array) -> Carry:
-        """The elementwise rest of a step, given both halves of the pre-activations."""
+    def update(carry: Carry, gates_x: jax.Array, gates_h: jax.Array, axis: int = -1) -> Carry:
+        """The elementwise rest of a step, given both halves of the pre-activations.
+
+        `axis` is where the gate blocks sit: -1 for `[B, 3H]`, 0 for the runner's `[3H, B]`.
+        """
         h = carry
-        x_r, x_z, x_n = jnp.split(gates_x, 3, axis=-1)
-        h_r, h_z, h_n = jnp.split(gates_h, 3, axis=-1)
+        x_r, x_z, x_n = jnp.split(gates_x, 3, axis=axis)
+        h_r, h_z, h_n = jnp.split(gates_h, 3, axis=axis)
         r = jax.nn.sigmoid(x_r + h_r)
         z = jax.nn.sigmoid(x_z + h_z)
         n = jnp.tanh(x_n + r * h_n)
@@ -228,11 +238,27 @@ CELLS: dict[str, CellType] = {"lstm": LSTMCell, "gru": GRUCell}
 def _masked_update(
     cell: CellType, carry: Carry, gates_x: jax.Array, gates_h: jax.Array, mask: jax.Array
 ) -> tuple[Carry, jax.Array]:
-    """`cell.update` where `mask: [B]` is True, the old carry elsewhere; also returns h or 0."""
-    keep = mask[:, None]
-    new = cell.update(carry, gates_x, gates_h)
+    """`cell.update` on `[G*H, B]` gates where `mask: [B]` is True, the old carry elsewhere.
+
+    Also returns h, or 0 where masked.
+    """
+    keep = mask[None, :]
+    new = cell.update(carry, gates_x, gates_h, axis=0)
     carry = jax.tree.map(lambda n, o: jnp.where(keep, n, o), new, carry)
     return carry, jnp.where(keep, cell.hidden(carry), 0)
+
+
+def _gates_h(w_rec: Weights, kernel_t: jax.Array, h: jax.Array) -> jax.Array:
+    """`cell.recurrent` transposed: `kernel^T h^T (+ bias)` for `h: [H, B]`; returns `[G*H, B]`."""
+    gates_h = kernel_t @ h
+    if "recurrent_bias" in w_rec:
+        gates_h = gates_h + w_rec["recurrent_bias"][:, None]
+    return gates_h
+
+
+def _transposed(kernel: jax.Array) -> jax.Array:
+    """`kernel.T` as its own row-major array, so that no dot in a loop reads it transposed."""
+    return jax.lax.optimization_barrier(kernel.T)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
@@ -247,14 +273,21 @@ def _recurrence(
 ) -> tuple[Carry, jax.Array]:
     """Scans `cell` over time-major `gates_x: [T, B, G*H]`; returns (final carry, hs [T, B, H]).
 
+    The carry is feature-major (leaves `[H, B]`), and so are the gates inside the loop, so each
+    step's matmul is `kernel^T [G*H, H] @ h [H, B]` with the weight on the left: XLA:CPU's dot
+    (YNNPACK) reads it in place there, where `h [B, H] @ kernel` repacked the whole kernel every
+    step (at H=1024 a 16 MB copy, a quarter of the step's matmul time). Each step transposes only
+    its own [B, G*H] slice of `gates_x` and its [H, B] output.
     `w_rec` holds `recurrent_kernel` and optionally `recurrent_bias`, which the backward pass
     differentiates by hand: `cell.recurrent` must be `h @ recurrent_kernel (+ recurrent_bias)`.
     """
+    kernel_t = _transposed(w_rec["recurrent_kernel"])
 
     def body(carry: Carry, inputs: tuple[jax.Array, jax.Array]) -> tuple[Carry, jax.Array]:
         gates_x_t, mask_t = inputs
-        gates_h_t = cell.recurrent(w_rec, cell.hidden(carry))
-        return _masked_update(cell, carry, gates_x_t, gates_h_t, mask_t)
+        gates_h_t = _gates_h(w_rec, kernel_t, cell.hidden(carry))
+        carry, h = _masked_update(cell, carry, gates_x_t.T, gates_h_t, mask_t)
+        return carry, h.T
 
     return jax.lax.scan(body, carry, (gates_x, mask), reverse=reverse, unroll=unroll)
 
@@ -269,12 +302,13 @@ def _recurrence_fwd(
     mask: jax.Array,
 ) -> tuple[tuple[Carry, jax.Array], tuple]:
     """`_recurrence`, also keeping each step's incoming carry and `gates_h` for the backward."""
+    kernel_t = _transposed(w_rec["recurrent_kernel"])
 
     def body(carry: Carry, inputs: tuple[jax.Array, jax.Array]) -> tuple[Carry, tuple]:
         gates_x_t, mask_t = inputs
-        gates_h_t = cell.recurrent(w_rec, cell.hidden(carry))
-        new, h = _masked_update(cell, carry, gates_x_t, gates_h_t, mask_t)
-        return new, (h, carry, gates_h_t)
+        gates_h_t = _gates_h(w_rec, kernel_t, cell.hidden(carry))
+        new, h = _masked_update(cell, carry, gates_x_t.T, gates_h_t, mask_t)
+        return new, (h.T, carry, gates_h_t)
 
     final, (hs, carries, gates_h) = jax.lax.scan(
         body, carry, (gates_x, mask), reverse=reverse, unroll=unroll
@@ -290,26 +324,30 @@ def _recurrence_bwd(
     Plain autodiff of the scan would accumulate d recurrent_kernel += h_t^T d gates_h_t inside
     the loop: a [H, G*H] read-modify-write per step through a matmul with only B-deep
     contraction. Emitting d gates_h and contracting over all T * B at once ran about twice as fast
-    on a 2-core CPU.
+    on a 2-core CPU. The LSTM's gates see only gates_x + gates_h, so one d gates serves both.
     """
     w_rec, gates_x, mask, carries, gates_h = residuals
     d_final, d_hs = cotangents
-    kernel_t = w_rec["recurrent_kernel"].T
+    # d h^T = kernel [H, G*H] @ d gates_h^T [G*H, B]: the stored kernel is the left operand as is.
+    kernel = w_rec["recurrent_kernel"]
 
-    def body(d_carry: Carry, inputs: tuple) -> tuple[Carry, tuple[jax.Array, jax.Array]]:
+    def body(d_carry: Carry, inputs: tuple) -> tuple[Carry, tuple]:
         gates_x_t, mask_t, carry_t, gates_h_t, d_h_t = inputs
         _, update_vjp = jax.vjp(
-            lambda c, gx, gh: _masked_update(cell, c, gx, gh, mask_t), carry_t, gates_x_t, gates_h_t
+            lambda c, x, h: _masked_update(cell, c, x.T, h, mask_t), carry_t, gates_x_t, gates_h_t
         )
-        d_carry_t, d_gates_x_t, d_gates_h_t = update_vjp((d_carry, d_h_t))
+        d_carry_t, d_gates_x_t, d_gates_h_t = update_vjp((d_carry, d_h_t.T))
         _, hidden_vjp = jax.vjp(cell.hidden, carry_t)
-        (d_carry_via_h,) = hidden_vjp(d_gates_h_t @ kernel_t)
-        return jax.tree.map(jnp.add, d_carry_t, d_carry_via_h), (d_gates_x_t, d_gates_h_t)
+        (d_carry_via_h,) = hidden_vjp(kernel @ d_gates_h_t)
+        d_gates = (d_gates_x_t,) if cell.gates_added else (d_gates_x_t, d_gates_h_t.T)
+        return jax.tree.map(jnp.add, d_carry_t, d_carry_via_h), d_gates
 
-    d_carry, (d_gates_x, d_gates_h) = jax.lax.scan(
+    d_carry, d_gates = jax.lax.scan(
         body, d_final, (gates_x, mask, carries, gates_h, d_hs), reverse=not reverse, unroll=unroll
     )
-    d_w_rec = {"recurrent_kernel": _weight_grad(cell.hidden(carries), d_gates_h)}
+    d_gates_x, d_gates_h = (d_gates[0], d_gates[0]) if cell.gates_added else d_gates
+    h_in = einops.rearrange(cell.hidden(carries), "t h b -> (t b) h")
+    d_w_rec = {"recurrent_kernel": _weight_grad(h_in, d_gates_h)}
     if "recurrent_bias" in w_rec:
         d_w_rec["recurrent_bias"] = jnp.sum(d_gates_h, axis=(0, 1))
     d_w_rec = {k: v.astype(w_rec[k].dtype) for k, v in d_w_rec.items()}
@@ -365,14 +403,15 @@ class RNN(nn.Module):
                 gates_x = cell.project(w, xs)
                 w_rec = {k: v for k, v in w.items() if k.startswith("recurrent_")}
                 dtype = jnp.result_type(gates_x, w_rec["recurrent_kernel"])
-                carry = cell.initialize_carry(x.shape[0], dtype)
+                # Feature-major state: see `_recurrence`.
+                carry = jax.tree.map(jnp.transpose, cell.initialize_carry(x.shape[0], dtype))
                 # A plain reverse scan is exactly each sequence read backwards: frames are
                 # right-padded, so the padded steps come first and leave the zero carry alone.
                 carry, hs = _recurrence(
                     cell_type, reverse, self.unroll, w_rec, carry, gates_x, mask
                 )
                 outputs.append(hs)
-                finals.append(cell_type.hidden(carry))
+                finals.append(cell_type.hidden(carry).T)
             xs = jnp.concatenate(outputs, axis=-1)
         final_h = jnp.concatenate(finals, axis=-1)
         if not self.return_sequences:
