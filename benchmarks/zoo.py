@@ -546,7 +546,7 @@ def write_results(rows: list[dict], oracle: dict, path: str, study: dict) -> Non
             f"| {r['label']} | {cell_text(r, 'gap')} | {cell_text(r, 'map')} | "
             f"{cell_text(r, 'hit_at_1')} | {r['gap'] / oracle['gap']:.3f} | "
             + " | ".join(cell_text(r, f"gap_{k}") for k in kinds)
-            + f" | {r['params']:,} | {r['examples_per_s']:,.0f} |"
+            + f" | {r['params']:,} | {_speed(r)} |"
         )
     summary = conclusions(rows, budget)
     if summary:
@@ -566,6 +566,11 @@ def write_results(rows: list[dict], oracle: dict, path: str, study: dict) -> Non
     plot(rows, oracle, image)
     if any("curve" in r for r in rows):
         plot_curves(rows, oracle, curves_image, batch_size)
+
+
+def _speed(row: dict) -> str:
+    """train ex/s, or '—' for a row timed beside other jobs (its examples_per_s is null)."""
+    return f"{row['examples_per_s']:,.0f}" if row.get("examples_per_s") else "—"
 
 
 def budget_findings(rows: list[dict]) -> list[str]:
@@ -727,9 +732,13 @@ def conclusions(rows: list[dict], budget: str) -> str:
         text.append(
             f"The MBT bottleneck, which lets modalities exchange information only through a few "
             f"shared tokens, trails {name(top)} by {gap(top) - gap(bottleneck):.3f} GAP at "
-            f"this budget{verdict(by[top], by[bottleneck])} and trains at "
-            f"{by[bottleneck]['examples_per_s']:.0f} ex/s against "
-            f"{name(top)}'s {by[top]['examples_per_s']:.0f}."
+            f"this budget{verdict(by[top], by[bottleneck])}"
+            + (
+                f" and trains at {_speed(by[bottleneck])} ex/s against {name(top)}'s "
+                f"{_speed(by[top])}."
+                if by[bottleneck].get("examples_per_s") and by[top].get("examples_per_s")
+                else "."
+            )
         )
     if singles:
         best_single = max(singles, key=gap)
