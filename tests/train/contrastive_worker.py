@@ -1,14 +1,16 @@
 """One process of a multi-process contrastive run (tests/train/test_contrastive_runs.py).
 
-python -m tests.train.contrastive_worker TASK PROCESS_ID NUM_PROCESSES PORT OUT.npz
+python -m tests.train.contrastive_worker TASKS PROCESS_ID NUM_PROCESSES PORT OUT_DIR
 
-Joins jax.distributed on localhost (with several processes), builds the TASK trainer's Task
-('retrieval' or 'audiovisual', vmjax.train.contrastive) and runs STEPS train steps on one fixed
-global batch, each process feeding only the rows its devices hold; then embeds the batch and
-gathers its ids as the evaluation does. Process 0 writes the losses, the final parameters and
-the embeddings to OUT.npz.
+Joins jax.distributed on localhost (with several processes); for each of the comma-separated
+TASKS ('retrieval', 'audiovisual') builds that trainer's Task (vmjax.train.contrastive) and runs
+STEPS train steps on one fixed global batch, each process feeding only the rows its devices
+hold; then embeds the batch and gathers its ids as the evaluation does. Process 0 writes the
+losses, the final parameters and the embeddings to OUT_DIR/TASK.npz. One process pair serves
+every task: starting processes and joining them costs more than a task's tiny steps.
 """
 
+import os
 import sys
 
 import numpy as np
@@ -57,11 +59,19 @@ def setup(task: str):
     return config, trainer.setup(config)[2]
 
 
-def main(task: str, process_id: int, num_processes: int, port: str, out: str) -> None:
+def main(tasks: str, process_id: int, num_processes: int, port: str, out_dir: str) -> None:
     import jax
 
     if num_processes > 1:
         jax.distributed.initialize(f"localhost:{port}", num_processes, process_id)
+    for task in tasks.split(","):
+        run(task, process_id, num_processes, os.path.join(out_dir, f"{task}.npz"))
+    if num_processes > 1:
+        jax.distributed.shutdown()
+
+
+def run(task: str, process_id: int, num_processes: int, out: str) -> None:
+    import jax
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
@@ -99,8 +109,6 @@ def main(task: str, process_id: int, num_processes: int, port: str, out: str) ->
         arrays = {jax.tree_util.keystr(path): np.asarray(x) for path, x in params}
         arrays |= {f"embedded/{k}": np.asarray(v) for k, v in embedded.items()}
         np.savez(out, losses=np.asarray(losses), rows=np.asarray(rows), **arrays)
-    if num_processes > 1:
-        jax.distributed.shutdown()
 
 
 if __name__ == "__main__":

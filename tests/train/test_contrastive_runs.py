@@ -449,24 +449,34 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("task", ["retrieval", "audiovisual"])
-def test_two_processes_train_as_one_process_on_the_same_global_batch(tmp_path, task):
+TASKS = ("retrieval", "audiovisual")
+
+
+@pytest.fixture(scope="module")
+def two_and_one(tmp_path_factory) -> str:
+    """Every task trained by two processes (OUT/two/TASK.npz) and by this one (OUT/one/...).
+
+    One process pair runs both tasks: the processes' start and join cost more than the steps.
+    """
     import subprocess
     import sys
 
     from tests.train import contrastive_worker
 
+    out = tmp_path_factory.mktemp("two_processes")
+    for name in ("one", "two"):
+        (out / name).mkdir()
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     port = str(_free_port())
 
-    def start(process_id, num_processes, devices, out):
+    def start(process_id, num_processes, devices):
         env = dict(os.environ, JAX_PLATFORMS="cpu")
         flags = os.environ.get("XLA_FLAGS", "")  # the suite's own (tests/conftest.py) kept
         env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={devices}"
-        command = ["-m", "tests.train.contrastive_worker", task, str(process_id)]
+        command = ["-m", "tests.train.contrastive_worker", ",".join(TASKS), str(process_id)]
         command.append(str(num_processes))
         return subprocess.Popen(
-            [sys.executable, *command, port, str(out)],
+            [sys.executable, *command, port, str(out / "two")],
             cwd=root,
             env=env,
             stdout=subprocess.PIPE,
@@ -475,12 +485,18 @@ def test_two_processes_train_as_one_process_on_the_same_global_batch(tmp_path, t
         )
 
     # Two processes of 2 devices each; the reference: this process alone, on all its devices.
-    procs = [start(i, 2, 2, tmp_path / "two.npz") for i in range(2)]
-    contrastive_worker.main(task, 0, 1, port, str(tmp_path / "one.npz"))
+    procs = [start(i, 2, 2) for i in range(2)]
+    contrastive_worker.main(",".join(TASKS), 0, 1, port, str(out / "one"))
     for p in procs:
         output, _ = p.communicate(timeout=600)
         assert p.returncode == 0, output[-3000:]
-    one, two = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
+    return str(out)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_two_processes_train_as_one_process_on_the_same_global_batch(two_and_one, task):
+    one = np.load(os.path.join(two_and_one, "one", f"{task}.npz"))
+    two = np.load(os.path.join(two_and_one, "two", f"{task}.npz"))
     assert list(one["rows"]) == list(range(8)) and list(two["rows"]) == [0, 1, 2, 3]
     # Each process fed half the rows; a loss over local pairs only would differ.
     np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-5)

@@ -62,6 +62,11 @@ def _setup(name="moe", num_classes=10, learning_rate=0.05):
     return model, tx, state
 
 
+def _jit_step(model, tx, **options):
+    """train_step jitted as the trainers call it (eagerly, each op of the model compiles alone)."""
+    return jax.jit(functools.partial(train_step, model=model, tx=tx, **options))
+
+
 def _batch(rng, n, pad=0):
     labels = np.zeros((n + pad, 10), np.uint8)
     labels[np.arange(n), rng.integers(0, 10, n)] = 1
@@ -77,7 +82,7 @@ def _batch(rng, n, pad=0):
 
 def test_train_step_lowers_the_loss_and_counts_steps():
     model, tx, state = _setup()
-    step = jax.jit(functools.partial(train_step, model=model, tx=tx))
+    step = _jit_step(model, tx)
     batch = _batch(np.random.default_rng(0), 16)
     losses = []
     for _ in range(30):
@@ -93,8 +98,9 @@ def test_padding_rows_do_not_change_the_update():
     batch = _batch(rng, 6)
     padded = {k: np.concatenate([v, 100 * np.ones_like(v[:3])]) for k, v in batch.items()}
     padded["weights"][6:] = 0
-    a, ma = train_step(state, batch, model=model, tx=tx)
-    b, mb = train_step(state, padded, model=model, tx=tx)
+    step = _jit_step(model, tx)
+    a, ma = step(state, batch)
+    b, mb = step(state, padded)
     np.testing.assert_allclose(float(ma["loss"]), float(mb["loss"]), rtol=1e-6)
     for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
@@ -129,39 +135,41 @@ def test_bfloat16_runs_the_model_in_bf16_and_keeps_float32_state():
 def test_grad_accumulation_equals_the_full_batch_gradient_step():
     model, tx, state = _setup()
     batch = _batch(np.random.default_rng(4), 12, pad=4)  # padding rows land in some micro-batches
-    full, mf = train_step(state, batch, model=model, tx=tx)
-    accum, ma = train_step(state, batch, model=model, tx=tx, grad_accum=4)
+    full, mf = _jit_step(model, tx)(state, batch)
+    accum, ma = _jit_step(model, tx, grad_accum=4)(state, batch)
     np.testing.assert_allclose(float(ma["loss"]), float(mf["loss"]), rtol=1e-6)
     np.testing.assert_allclose(float(ma["grad_norm"]), float(mf["grad_norm"]), rtol=1e-5)
     with np.testing.assert_raises_regex(ValueError, "grad_accum=5"):
-        train_step(state, batch, model=model, tx=tx, grad_accum=5)
+        _jit_step(model, tx, grad_accum=5)(state, batch)
 
 
 def test_nonfinite_updates_are_flagged_and_skipped_on_request():
     model, tx, state = _setup()
     batch = _batch(np.random.default_rng(5), 8)
     batch["rgb"][3, 7] = np.nan
-    bad, m = train_step(state, batch, model=model, tx=tx)
+    step = _jit_step(model, tx)
+    bad, m = step(state, batch)
     assert not bool(m["finite"])
     assert np.isnan(np.asarray(jax.tree.leaves(bad.params)[0])).any()
-    kept, m = train_step(state, batch, model=model, tx=tx, skip_nonfinite=True)
+    kept, m = _jit_step(model, tx, skip_nonfinite=True)(state, batch)
     assert not bool(m["finite"]) and int(kept.step) == 1
     same = jax.tree.map(
         np.array_equal, (kept.params, kept.opt_state), (state.params, state.opt_state)
     )
     assert all(jax.tree.leaves(same))
-    good, m = train_step(state, _batch(np.random.default_rng(5), 8), model=model, tx=tx)
+    good, m = step(state, _batch(np.random.default_rng(5), 8))
     assert bool(m["finite"])
 
 
 def test_a_step_whose_loss_is_above_max_loss_is_skipped_with_skip_diverged():
     model, tx, state = _setup()
     batch = _batch(np.random.default_rng(5), 8)
-    plain, m = train_step(state, batch, model=model, tx=tx)
+    plain, m = _jit_step(model, tx)(state, batch)
     loss = float(m["loss"])
     assert "diverged" not in m  # only with skip_diverged
     # A limit below this batch's loss: the old parameters and optimizer state are kept.
-    kept, m = train_step(state, batch, loss * 0.5, model=model, tx=tx, skip_diverged=True)
+    skipping = _jit_step(model, tx, skip_diverged=True)  # the limit is traced: one compilation
+    kept, m = skipping(state, batch, loss * 0.5)
     assert bool(m["diverged"]) and bool(m["finite"]) and int(kept.step) == 1
     assert float(m["loss"]) == pytest.approx(loss, rel=1e-6)
     same = jax.tree.map(
@@ -169,7 +177,7 @@ def test_a_step_whose_loss_is_above_max_loss_is_skipped_with_skip_diverged():
     )
     assert all(jax.tree.leaves(same))
     # A limit above it: the ordinary update, bit for bit.
-    moved, m = train_step(state, batch, loss * 2.0, model=model, tx=tx, skip_diverged=True)
+    moved, m = skipping(state, batch, loss * 2.0)
     assert not bool(m["diverged"])
     for x, y in zip(jax.tree.leaves(moved.params), jax.tree.leaves(plain.params), strict=True):
         np.testing.assert_array_equal(x, y)
