@@ -495,11 +495,7 @@ def write_results(rows: list[dict], oracle: dict, path: str, study: dict) -> Non
         f"Every vmjax model trains {steps} steps of {batch_size} videos from its "
         "`configs/yt8m.py:<model>` preset at CPU size (each row's command is below) and is "
         f"evaluated on the {num_validate:,} validation videos of the embedded dataset"
-        + (
-            f", {CURVE_POINTS} times in the run (its learning curve). "
-            if any("curve" in r for r in rows)
-            else ". "
-        )
+        + _curve_text(rows)
         + "Each cell is the mean ± the "
         "sample standard deviation (n - 1) over the row's seeds (--config.seed; the seed "
         "sets the initialisation and the data order); a row trained with one seed shows its "
@@ -566,6 +562,19 @@ def write_results(rows: list[dict], oracle: dict, path: str, study: dict) -> Non
     plot(rows, oracle, image)
     if any("curve" in r for r in rows):
         plot_curves(rows, oracle, curves_image, batch_size)
+
+
+def _curve_text(rows: list[dict]) -> str:
+    """How often the rows were evaluated: rows from before learning curves have one point."""
+    with_curve = [r["label"] for r in rows if "curve" in r]
+    if len(with_curve) == len(rows):
+        return f", {CURVE_POINTS} times in the run (its learning curve). "
+    if with_curve:
+        return (
+            f", once at the end; {', '.join(with_curve)} {CURVE_POINTS} times in the run "
+            "(a learning curve). "
+        )
+    return ", once at the end. "
 
 
 def _speed(row: dict) -> str:
