@@ -9,6 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.models.numpy_reference import l2n as _l2n
+from tests.models.numpy_reference import sigmoid as _sigmoid
+from tests.models.numpy_reference import softmax as _softmax
+from tests.models.numpy_reference import to_numpy as _np
 from vmjax.models.pooling import AttentionPooling, DBoF, NetVLAD, NeXtVLAD
 
 B, T, D = 4, 6, 8
@@ -88,24 +92,6 @@ def _apply(module, variables, x, mask, *, train: bool) -> tuple[np.ndarray, dict
     out = _jitted_apply(module, train)(variables, jnp.asarray(x), jnp.asarray(mask))
     y, updates = out if train else (out, {})
     return np.asarray(y), updates
-
-
-def _np(tree: dict) -> dict:
-    return jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
-
-
-def _softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
-    e = np.exp(z - z.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1 / (1 + np.exp(-z))
-
-
-def _l2n(v: np.ndarray) -> np.ndarray:
-    """tf.nn.l2_normalize over the last axis: a zero vector stays zero."""
-    return v / np.sqrt(np.maximum(np.sum(v**2, axis=-1, keepdims=True), 1e-12))
 
 
 def _bn(z: np.ndarray, p: dict, mean: np.ndarray, var: np.ndarray) -> np.ndarray:

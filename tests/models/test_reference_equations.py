@@ -13,29 +13,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tests.models.numpy_reference import l2n as _l2n
+from tests.models.numpy_reference import sigmoid as _sigmoid
+from tests.models.numpy_reference import softmax as _softmax
+from tests.models.numpy_reference import to_numpy as _np
 from tests.models.random_params import random_params
 from vmjax.models.classifiers import Multimodal, NeXtVLADModel
 from vmjax.models.fusion import BottleneckFusion
 
 EPS_BN = 1e-5  # flax BatchNorm's default epsilon.
 EPS_LN = 1e-6  # flax LayerNorm's default epsilon.
-
-
-def _np(tree: dict) -> dict:
-    return jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
-
-
-def _softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
-    e = np.exp(z - z.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1 / (1 + np.exp(-z))
-
-
-def _l2n(v: np.ndarray) -> np.ndarray:
-    return v / np.sqrt(np.maximum(np.sum(v**2, axis=-1, keepdims=True), 1e-12))
 
 
 def _dense(x: np.ndarray, p: dict) -> np.ndarray:
