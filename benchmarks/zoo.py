@@ -192,6 +192,7 @@ def run_sweep(argv: list[str], extra: list[str]) -> dict | None:
     """Runs (or resumes, or only gathers) one sweep; its results, or None before any run ends."""
     from vmjax.sweep import cli as sweep_cli
     from vmjax.sweep import gather
+    from vmjax.sweep.grid import SweepError
 
     code = sweep_cli.main([*argv, *extra])
     out = argv[argv.index("--out") + 1]
@@ -199,7 +200,7 @@ def run_sweep(argv: list[str], extra: list[str]) -> dict | None:
         raise SystemExit(f"zoo: the sweep in {out} refused its arguments (above)")
     try:
         return gather.gather(out)
-    except Exception:  # noqa: BLE001 - nothing finished yet (a queued SLURM array)
+    except SweepError:  # no run recorded yet (a queued SLURM array)
         return None
 
 
@@ -262,10 +263,11 @@ def curve(evals: list[list[dict]]) -> dict:
     out = {"step": steps}
     keys = ["gap"] + [f"gap_{k}" for k in synthetic.KINDS]
     for key in keys:
+        if not all(key in e for seed in evals for e in seed):
+            continue  # no class kinds: data other than the embedded dataset
         values = [[next(e[key] for e in seed if e["step"] == s) for seed in evals] for s in steps]
-        if all(key in e for seed in evals for e in seed):
-            out[key] = [statistics.fmean(v) for v in values]
-            out[f"{key}_std"] = [statistics.stdev(v) if len(v) > 1 else None for v in values]
+        out[key] = [statistics.fmean(v) for v in values]
+        out[f"{key}_std"] = [statistics.stdev(v) if len(v) > 1 else None for v in values]
     return out
 
 
