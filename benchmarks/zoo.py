@@ -1102,7 +1102,10 @@ def main() -> None:
         parser.error(f"unknown rows {unknown}; --list shows them")
     sweep_args = shlex.split(args.sweep)
     if args.lr_sweep:
-        lrs = [float(v) for v in args.lrs.split(",")]
+        try:
+            lrs = [float(v) for v in args.lrs.split(",")]
+        except ValueError:
+            parser.error(f"--lrs {args.lrs!r}: expected comma-separated numbers, e.g. 0.001,0.01")
         lr_sweep(labels, budget, steps, lrs, args.workdir, sweep_args, lr_path)
         print(f"wrote {lr_path}")
         return
