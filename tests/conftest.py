@@ -50,33 +50,3 @@ def pytest_unconfigure(config):
     if os.environ.get(_OWNER) == str(os.getpid()):
         shutil.rmtree(os.environ.pop(_CACHE), ignore_errors=True)
         os.environ.pop(_OWNER, None)
-
-
-# 3. The longest test files first. With `--dist loadfile` each file runs whole on one worker,
-# handed out in collection order as workers free up; a long file collected last keeps one
-# worker busy after the others have finished. Measured per file (pytest --junitxml,
-# 2026-12-07); a file not listed keeps its place after these. The gain is small: one quiet
-# 2-core `.ci/run` each, pytest 1,040 s before, 1,024 s after (with the compiled
-# initialisation of vmjax.train.state); the workers finished within ~90 s of each other.
-_LONGEST_FIRST = (
-    "tests/train/test_loop.py",
-    "tests/train/test_contrastive_runs.py",
-    "tests/train/test_retrieval_training.py",
-    "tests/train/test_audiovisual.py",
-    "tests/models/test_zoo.py",
-    "tests/train/test_pixels.py",
-    "tests/launch/test_local_training.py",
-    "tests/test_main.py",
-    "tests/train/test_resume.py",
-    "tests/test_analysis.py",
-    "tests/train/test_run_safety.py",
-    "tests/test_export.py",
-    "tests/train/test_parallel.py",
-    "tests/models/test_vivit.py",
-    "tests/train/test_step.py",
-)
-
-
-def pytest_collection_modifyitems(session, config, items):
-    rank = {path: i for i, path in enumerate(_LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable

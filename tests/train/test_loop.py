@@ -25,9 +25,8 @@ def get_config(arg="smoke"):
 def _data_cache(tmp_path) -> str:
     """The embedded dataset's cache shared by the tests of one pytest process (a worker).
 
-    Every `_small` run reads the same generated data, generated once per process instead of
-    once per test (this file: 90 s -> 87 s, one quiet run each); `tmp_path`'s parent is the
-    process's session directory.
+    Every `_small` run reads the same generated data, so it is generated once per process
+    instead of once per test; `tmp_path`'s parent is the process's session directory.
     """
     return str(tmp_path.parent / "shared-embedded-data")
 
