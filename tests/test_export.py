@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.train.test_loop import _small
+from tests.train.test_loop import NUM_CLASSES, _small
 from vmjax import export as export_lib
 from vmjax.data import pipeline
 from vmjax.data.device import model_inputs
@@ -101,9 +101,9 @@ def test_header_describes_the_run_and_its_inputs(runs):
     _, _, path, _ = runs["frame_moe"]
     header = export_lib.read_header(path)
     assert header["model"] == "frame_moe" and header["data_level"] == "frame"
-    assert header["num_classes"] == 3862 and header["step"] == 6
+    assert header["num_classes"] == NUM_CLASSES and header["step"] == 6
     assert header["platforms"] == ["cpu", "cuda", "tpu"]
-    assert header["output"] == {"name": "scores", "shape": ["b", 3862], "dtype": "float32"}
+    assert header["output"] == {"name": "scores", "shape": ["b", NUM_CLASSES], "dtype": "float32"}
     inputs = {i["name"]: (i["shape"], i["dtype"]) for i in header["inputs"]}
     assert inputs == {
         "rgb": (["b", 16, 1024], "uint8"),
@@ -121,7 +121,7 @@ def test_wrong_inputs_name_the_key(runs):
     _, _, path, batch = runs["frame_moe"]
     predict = export_lib.load(path)
     good = {k: batch[k][:3] for k in ("rgb", "audio", "mask")}
-    assert predict(good).shape == (3, 3862)
+    assert predict(good).shape == (3, NUM_CLASSES)
     with pytest.raises(ValueError, match="'mask' is missing"):
         predict({k: good[k] for k in ("rgb", "audio")})
     with pytest.raises(ValueError, match=r"unexpected input key\(s\) \['rbg'\]"):
@@ -139,7 +139,7 @@ def test_fixed_batch_size_export(runs, tmp_path):
     path = str(tmp_path / "fixed.bin")
     export_lib.export(workdir, path, batch_size=4, log=lambda _: None)
     predict = export_lib.load(path)
-    assert predict({k: batch[k][:4] for k in ("rgb", "audio")}).shape == (4, 3862)
+    assert predict({k: batch[k][:4] for k in ("rgb", "audio")}).shape == (4, NUM_CLASSES)
     with pytest.raises(ValueError, match="exported for batch size 4"):
         predict({k: batch[k][:5] for k in ("rgb", "audio")})
 

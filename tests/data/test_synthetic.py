@@ -153,6 +153,29 @@ def test_clean_labels_are_real_label_sets_up_to_group_swaps(data_dir):
     assert exact / len(videos) > 0.8  # the rest differ by a dropped or spurious label
 
 
+def test_a_smaller_vocabulary_draws_the_real_label_sets_among_its_classes(tmp_path):
+    """num_classes below 3,862: each real set keeps its labels < num_classes (was an IndexError)."""
+    spec = synthetic.Spec(
+        seed=1, num_classes=60, num_train=40, num_validate=10, num_train_shards=1,
+        num_validate_shards=1, spurious_label_rate=0.0,
+    )  # fmt: skip
+    out = str(tmp_path / "data")
+    synthetic.generate(out, spec, workers=1, log=lambda *_: None)
+    # The reference: the shipped CSV's sets, cut to the first 60 classes by hand.
+    with open(synthetic._asset("yt8m_validate_label_sets.csv"), newline="") as f:
+        cut = [[int(x) for x in r["labels"].split() if int(x) < 60] for r in csv.DictReader(f)]
+    world = synthetic.make_world(spec, synthetic.load_label_sets())
+    real = {tuple(sorted(set(world.group[s].tolist()))) for s in cut if s}
+    videos = _read(out, "video", "train") + _read(out, "video", "validate")
+    assert len(videos) == 50
+    labels = [np.asarray(v["labels"], np.int64) for v in videos]
+    assert all(len(x) and x.max() < 60 for x in labels)
+    exact = sum(tuple(sorted(set(world.group[x].tolist()))) in real for x in labels)
+    assert exact / len(videos) > 0.8  # the rest lost a label (label_drop_rate)
+    full = synthetic.label_sets_for(3862)
+    assert full is synthetic.load_label_sets()  # the 2018 vocabulary: every set, unchanged
+
+
 def test_group_partners_are_exchangeable():
     """A temporal pair / cross-modal four share frequency: only their evidence differs."""
     world = synthetic.make_world(SPEC, synthetic.load_label_sets())

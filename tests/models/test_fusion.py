@@ -58,7 +58,7 @@ def test_late_fusion_averages_logits():
     expected = (np.asarray(logits["rgb"]) + np.asarray(logits["audio"])) / 2
     np.testing.assert_allclose(LateFusion().apply({}, logits), expected, rtol=1e-6)
 
-    learned = LateFusion(learned_weights=True)
+    learned = LateFusion("modality")
     params = learned.init(jax.random.key(0), logits)["params"]
     # Starts at the plain mean; softmax keeps any learned weights a convex combination.
     np.testing.assert_allclose(learned.apply({"params": params}, logits), expected, rtol=1e-6)
@@ -67,6 +67,24 @@ def test_late_fusion_averages_logits():
     s = np.exp(w) / np.exp(w).sum()
     expected_weighted = s[0] * np.asarray(logits["audio"]) + s[1] * np.asarray(logits["rgb"])
     np.testing.assert_allclose(out, expected_weighted, rtol=1e-5, atol=1e-6)
+
+
+def test_late_fusion_class_weights_pick_a_modality_per_class():
+    rng = np.random.default_rng(1)
+    logits = {m: jnp.asarray(rng.normal(size=(B, 3)), jnp.float32) for m in ("rgb", "audio")}
+    a, r = np.asarray(logits["audio"]), np.asarray(logits["rgb"])
+    fusion = LateFusion("class")
+    params = fusion.init(jax.random.key(0), logits)["params"]
+    assert params["class_weights"].shape == (2, 3)  # [modality (sorted: audio, rgb), class]
+    np.testing.assert_allclose(fusion.apply({"params": params}, logits), (a + r) / 2, rtol=1e-6)
+    # Class 0 leans on audio, class 1 on rgb, class 2 stays the mean: by hand, per column.
+    w = np.array([[30.0, -30.0, 0.0], [-30.0, 30.0, 0.0]])
+    out = np.asarray(fusion.apply({"params": {"class_weights": jnp.asarray(w)}}, logits))
+    np.testing.assert_allclose(out[:, 0], a[:, 0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out[:, 1], r[:, 1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out[:, 2], (a[:, 2] + r[:, 2]) / 2, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="weights='per_video'"):
+        LateFusion("per_video").init(jax.random.key(0), logits)
 
 
 def _tokens(seed: int = 0) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:

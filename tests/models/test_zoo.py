@@ -114,6 +114,16 @@ def test_multimodal_fusions_and_ablations(fusion):
     assert not np.allclose(base, run(model_inputs(louder)))  # audio is
 
 
+def test_late_fusion_weights_come_from_the_config():
+    """model.late_weights reaches LateFusion: one learned weight per modality and class."""
+    c = small("multimodal", fusion="late", modalities="rgb,audio", late_weights="class")
+    model, _, state = _init(c)
+    weights = np.asarray(state.params["late"]["class_weights"])
+    np.testing.assert_array_equal(weights, np.zeros((2, C)))  # starts as the plain mean
+    _, _, mean = _init(small("multimodal", fusion="late", modalities="rgb,audio"))
+    assert "late" not in mean.params
+
+
 def test_multimodal_rejects_unknown_choices():
     for overrides in ({"fusion": "sum"}, {"modalities": "rgb,video"}):
         with pytest.raises(ValueError, match="model."):

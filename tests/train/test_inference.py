@@ -91,6 +91,7 @@ def test_predict_from_the_command_line(run, tmp_path):
             f"--config.data.cache_dir={config['data']['cache_dir']}",
             "--config.data.synthetic.num_train=96",
             "--config.data.synthetic.num_validate=40",
+            f"--config.data.num_classes={config['data']['num_classes']}",
             "--config.model.name=moe",
             "--config.batch_size=16",
             "--config.eval_batch_size=16",

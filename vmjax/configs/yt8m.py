@@ -117,6 +117,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.fusion_layer = 1  # multimodal bottleneck: 1st layer with them; mixing needs <= layers-2
     c.model.num_bottlenecks = 4  # multimodal bottleneck: shared bottleneck tokens
     c.model.head = "moe"  # multimodal: moe | logistic (a linear probe of the fused embedding)
+    c.model.late_weights = "mean"  # multimodal late: mean | modality | class (learned, convex)
 
     # Train-time augmentation inside the jitted step (vmjax.data.augment); 0 / False = off.
     c.augment = ml_collections.ConfigDict()

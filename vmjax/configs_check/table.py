@@ -128,6 +128,7 @@ RULES: dict[str, Rule] = {
     "model.fusion_layer": NONNEG,  # <= fusion_layers (checks.py)
     "model.num_bottlenecks": COUNT,
     "model.head": OneOf("vmjax.models.classifiers:HEADS"),
+    "model.late_weights": OneOf("vmjax.models.fusion:LATE_WEIGHTS"),
     "model.embed_dim": COUNT,
     "model.text_tower": OneOf("vmjax.models.retrieval:TEXT_TOWERS"),
     "model.minilm_checkpoint": Str(),

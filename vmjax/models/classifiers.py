@@ -277,6 +277,7 @@ class Multimodal(nn.Module):
     fusion_layer: int  # bottleneck: first layer that exchanges through bottlenecks
     num_bottlenecks: int
     head: str = "moe"  # moe | logistic (one linear layer: a linear probe of the fused embedding)
+    late_weights: str = "mean"  # late: mean | modality | class (fusion.LATE_WEIGHTS)
 
     @nn.compact
     def __call__(self, inputs: dict[str, jax.Array], *, train: bool) -> jax.Array:
@@ -303,7 +304,8 @@ class Multimodal(nn.Module):
             return MoEHead(self.num_classes, self.num_mixtures, name=name)
 
         if self.fusion == "late":
-            return LateFusion(name="late")({m: head(f"{m}_head")(e) for m, e in embeddings.items()})
+            logits = {m: head(f"{m}_head")(e) for m, e in embeddings.items()}
+            return LateFusion(self.late_weights, name="late")(logits)
         fused = fuse(
             self.fusion,
             tokens,

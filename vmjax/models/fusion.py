@@ -56,24 +56,38 @@ class GatedFusion(nn.Module):
         return (fused, gates) if return_gates else fused
 
 
+LATE_WEIGHTS = ("mean", "modality", "class")
+
+
 class LateFusion(nn.Module):
     """Per-modality logits `{m: [B, C]}` -> `[B, C]`: their mean, or a learned convex combination.
 
-    With `learned_weights`, y = sum_m softmax(w)_m logits_m, one scalar w_m per modality, starting
-    at w = 0 (the plain mean). Logits (log-odds) are averaged, not probabilities, so the result
-    stays a valid log-odds for a sigmoid cross-entropy.
+    weights:
+      mean      y = mean_m logits_m (no parameters)
+      modality  y = sum_m softmax(w)_m logits_m, one scalar w_m per modality
+      class     y_c = sum_m softmax_m(w_{m,c}) logits_{m,c}, a weight per modality and class, so
+                each class can rely on the modality that carries it (rgb for a class told apart
+                by frame order, audio for a sound) instead of a third of each
+    Learned weights start at 0 (the plain mean). Logits (log-odds) are combined, not
+    probabilities, so the result stays a valid log-odds for a sigmoid cross-entropy.
     """
 
-    learned_weights: bool = False
+    weights: str = "mean"
 
     @nn.compact
     def __call__(self, logits: dict[str, jax.Array]) -> jax.Array:
+        if self.weights not in LATE_WEIGHTS:
+            expected = LATE_WEIGHTS
+            raise ValueError(f"late fusion weights={self.weights!r}: expected one of {expected}")
         names = sorted(logits)
         stacked = jnp.stack([logits[m] for m in names], axis=0)  # [M, B, C]
-        if not self.learned_weights:
+        if self.weights == "mean":
             return jnp.mean(stacked, axis=0)
-        w = self.param("modality_weights", nn.initializers.zeros, (len(names),))
-        return jnp.einsum("m,mbc->bc", jax.nn.softmax(w), stacked)
+        if self.weights == "modality":
+            w = self.param("modality_weights", nn.initializers.zeros, (len(names),))
+            return jnp.einsum("m,mbc->bc", jax.nn.softmax(w), stacked)
+        w = self.param("class_weights", nn.initializers.zeros, (len(names), stacked.shape[-1]))
+        return jnp.einsum("mc,mbc->bc", jax.nn.softmax(w, axis=0), stacked)
 
 
 class BottleneckFusion(nn.Module):
