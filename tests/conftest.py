@@ -18,8 +18,7 @@ VMJAX_TEST_JAX_CACHE=0 switches the session cache off.
    code is less tuned (results may differ in the last bit), which costs nothing at test sizes.
    VMJAX_TEST_FAST_COMPILE=0 switches it off (run the suite with the backend users get).
    Multi-device tests append their --xla_force_host_platform_device_count to these flags for
-   their subprocesses, except where they compare results bit for bit
-   (tests/train/test_parallel.py), which run at the default level.
+   their subprocesses.
 """
 
 import os

@@ -18,9 +18,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def report():
+    flags = os.environ.get("XLA_FLAGS", "")  # the suite's own (tests/conftest.py) kept
     env = dict(
         os.environ,
-        XLA_FLAGS="--xla_force_host_platform_device_count=8",
+        XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count=8".strip(),
         JAX_PLATFORMS="cpu",
     )
     proc = subprocess.run(
@@ -54,8 +55,10 @@ def test_fsdp_shards_parameters_and_plain_mesh_replicates(report):
 
 def test_gradient_accumulation_matches_the_full_batch(report):
     r = report["mesh_accum4"]
-    # Micro-batch gradients are summed in another order; the first step's loss is exact.
-    np.testing.assert_allclose(r["losses"][0], report["reference_losses"][0], rtol=1e-7)
+    # Micro-batch gradients and losses are summed in another order: the first step's loss (the
+    # same parameters, the same terms) is equal up to float32 rounding, a few units in the last
+    # place; a wrong split of the batch would move it by far more.
+    np.testing.assert_allclose(r["losses"][0], report["reference_losses"][0], rtol=5e-7)
     np.testing.assert_allclose(r["losses"], report["reference_losses"], rtol=1e-5)
     assert r["max_param_diff"] < 1e-3
 
