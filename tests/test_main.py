@@ -126,6 +126,7 @@ def test_retrieval_config_trains_then_retrieve_prints_ranked_videos_with_classes
         *TINY_DATA,
         "--config.data.max_frames=8",
         "--config.data.shuffle_buffer=16",
+        "--config.data.workers=0",  # a 2-step run: reading in the process starts sooner
         "--config.batch_size=16",
         "--config.eval_batch_size=8",
         "--config.num_train_steps=2",

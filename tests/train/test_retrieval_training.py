@@ -50,6 +50,7 @@ def get_config(cache_dir: str):
     c.data.max_caption_tokens = 16
     c.data.caption_vocab_size = 512
     c.data.shuffle_buffer = 64
+    c.data.workers = 0  # read in the process: worker processes take longer to start than a run
     c.batch_size = 32
     c.eval_batch_size = 32
     c.num_train_steps = STEPS
