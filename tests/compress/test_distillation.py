@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.train.test_loop import NUM_CLASSES
 from vmjax.compress import distillation, pruning
 from vmjax.train import loop, setup
 from vmjax.train.checkpoint import restore_checkpoint
@@ -56,7 +57,7 @@ def _config(arg, tmp_path, **overrides):
     spec.loader.exec_module(module)
     c = module.get_config(arg)
     c.data.cache_dir = str(tmp_path / "cache")
-    c.data.num_classes = 100  # not 3,862: a 22M-parameter head took most of each run's time
+    c.data.num_classes = NUM_CLASSES  # not 3,862 (see tests/train/test_loop.py)
     c.data.synthetic.num_train = 96
     c.data.synthetic.num_validate = 40
     c.batch_size = c.eval_batch_size = 16

@@ -18,6 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from tests.train.test_loop import NUM_CLASSES
 from vmjax.train.checkpoint import MANIFEST
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -36,7 +37,7 @@ def _command(workdir, cache):
         f"--config.data.cache_dir={cache}",
         "--config.data.synthetic.num_train=256",
         "--config.data.synthetic.num_validate=32",
-        "--config.data.num_classes=100",  # not 3,862: the head's size is not what is tested
+        f"--config.data.num_classes={NUM_CLASSES}",  # the head's size is not what is tested
         "--config.batch_size=16",
         "--config.eval_batch_size=32",
         f"--config.num_train_steps={STEPS}",

@@ -108,8 +108,9 @@ _CAPTION_STREAM = 1009  # the captions' own seed entry: the other streams never 
 
 
 # Below this many videos, generate() writes in its own process: workers (spawned, each
-# importing numpy and reading the label sets) cost more than they save (288 videos: 2.7 s in
-# one process, 3.4 s with 2 workers on a 2-core VM).
+# importing numpy and reading the label sets) cost more than they save (288 videos on a
+# 2-core VM, two runs each beside other work, so a rough figure: 2.7 s in one process, 3.4 s
+# with 2 workers).
 _SMALL_DATASET = 1000
 
 

@@ -77,8 +77,9 @@ class LateFusion(nn.Module):
     @nn.compact
     def __call__(self, logits: dict[str, jax.Array]) -> jax.Array:
         if self.weights not in LATE_WEIGHTS:
-            expected = LATE_WEIGHTS
-            raise ValueError(f"late fusion weights={self.weights!r}: expected one of {expected}")
+            raise ValueError(
+                f"late fusion weights={self.weights!r}: expected one of {LATE_WEIGHTS}"
+            )
         names = sorted(logits)
         stacked = jnp.stack([logits[m] for m in names], axis=0)  # [M, B, C]
         if self.weights == "mean":
