@@ -122,9 +122,16 @@ def write_mp4(
     with av.open(os.fspath(path), "w", format="mp4") as container:
         video = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
-        # One thread: x264's output depends on its thread count, and files must not depend on
-        # the machine that wrote them.
-        video.options = {"crf": "18", "preset": "veryfast", "threads": "1"}
+        # Files must not depend on the machine that wrote them: one thread (x264's output
+        # depends on its thread count) and x264's C code, no assembly (asm=0): its output
+        # differs between instruction sets, and with AVX-512 (an AMD EPYC, family 25 model 17)
+        # the same frames gave different bytes from one call to the next. The clips are small.
+        video.options = {
+            "crf": "18",
+            "preset": "veryfast",
+            "threads": "1",
+            "x264-params": "asm=0",
+        }
         # Every stream must exist before the first packet is muxed (that writes the header).
         sound = None
         if audio is not None:
