@@ -241,6 +241,8 @@ def test_a_value_of_the_wrong_type_names_its_key(key, value, allowed):
             "model.fusion_layer",
             ["[0, 0] for modalities", "or 2 for late", "carry nothing"],
         ),
+        ("yt8m:multimodal", {"model.late_weights": "class"}, "model.late_weights", ["fusion=late"]),
+        ("yt8m:multimodal", {"model.modality_loss": 0.5}, "model.modality_loss", ["fusion=late"]),
         (
             "retrieval",
             {"model.fusion": "bottleneck", "model.fusion_layer": 1},

@@ -124,6 +124,38 @@ def test_late_fusion_weights_come_from_the_config():
     assert "late" not in mean.params
 
 
+def _bce(logits, labels):
+    """Sigmoid cross-entropy summed over classes and videos, from its formula."""
+    x, y = np.asarray(logits, np.float64), np.asarray(labels, np.float64)
+    return float((np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))).sum())
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.5])
+def test_modality_loss_adds_each_late_head_loss_in_training_only(weight):
+    """model.modality_loss=w: the step's loss is the fused logits' BCE + w x each head's own BCE."""
+    c = small("multimodal", fusion="late", modalities="rgb,audio", modality_loss=weight)
+    model, tx, state = _init(c)
+    assert "aux_logits" not in state.model_state  # init sows nothing
+    data = batch("frame")
+    # The heads' logits, read by flax's capture of each submodule's output (not the sown ones).
+    fused, captured = model.apply(
+        {"params": state.params},
+        model_inputs(data),
+        train=True,
+        rngs={"dropout": jax.random.fold_in(state.rng, state.step)},
+        capture_intermediates=lambda module, _: module.name in ("rgb_head", "audio_head"),
+        mutable=["intermediates"],
+    )
+    heads = [captured["intermediates"][f"{m}_head"]["__call__"][0] for m in ("rgb", "audio")]
+    expected = _bce(fused, data["labels"]) + weight * sum(_bce(h, data["labels"]) for h in heads)
+    new_state, metrics = jax.jit(functools.partial(train_step, model=model, tx=tx))(state, data)
+    np.testing.assert_allclose(float(metrics["loss"]), expected / B, rtol=1e-5)
+    assert "aux_logits" not in new_state.model_state  # nothing sown is kept
+    # Evaluation and inference see the fused logits only, with or without the weight.
+    plain = model.apply({"params": state.params}, model_inputs(data), train=False)
+    np.testing.assert_allclose(plain, fused, rtol=1e-5, atol=1e-6)
+
+
 def test_multimodal_rejects_unknown_choices():
     for overrides in ({"fusion": "sum"}, {"modalities": "rgb,video"}):
         with pytest.raises(ValueError, match="model."):

@@ -118,6 +118,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.num_bottlenecks = 4  # multimodal bottleneck: shared bottleneck tokens
     c.model.head = "moe"  # multimodal: moe | logistic (a linear probe of the fused embedding)
     c.model.late_weights = "mean"  # multimodal late: mean | modality | class (learned, convex)
+    c.model.modality_loss = 0.0  # multimodal late: weight of each modality head's own loss
 
     # Train-time augmentation inside the jitted step (vmjax.data.augment); 0 / False = off.
     c.augment = ml_collections.ConfigDict()

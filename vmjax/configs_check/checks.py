@@ -213,6 +213,21 @@ def bottleneck_layers(c: Config, _) -> ConfigError | None:
 
 
 @check
+def late_fusion_settings(c: Config, _) -> ConfigError | None:
+    fusion = lookup(c, "model.fusion", None)
+    for key, plain in (("model.late_weights", "mean"), ("model.modality_loss", 0.0)):
+        value = lookup(c, key)
+        if fusion not in (None, "late") and value not in (ABSENT, plain):
+            return ConfigError(
+                key,
+                value,
+                f"{plain!r} with model.fusion={fusion!r}",
+                f"{key} applies to late fusion only: add --config.model.fusion=late",
+            )
+    return None
+
+
+@check
 def devices_split_batches(c: Config, num_devices: int | None) -> ConfigError | None:
     fsdp = lookup(c, "mesh.fsdp", 1)
     if fsdp != 1 and lookup(c, "parallelism", "mesh") != "mesh":

@@ -128,7 +128,8 @@ RULES: dict[str, Rule] = {
     "model.fusion_layer": NONNEG,  # <= fusion_layers (checks.py)
     "model.num_bottlenecks": COUNT,
     "model.head": OneOf("vmjax.models.classifiers:HEADS"),
-    "model.late_weights": OneOf("vmjax.models.fusion:LATE_WEIGHTS"),
+    "model.late_weights": OneOf("vmjax.models.fusion:LATE_WEIGHTS"),  # fusion='late' (checks.py)
+    "model.modality_loss": Float(0.0),  # fusion='late' (checks.py)
     "model.embed_dim": COUNT,
     "model.text_tower": OneOf("vmjax.models.retrieval:TEXT_TOWERS"),
     "model.minilm_checkpoint": Str(),

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vmjax.models.aux_losses import sow_aux_logits
 from vmjax.models.cnn import FrameResNet, normalize_pixels
 from vmjax.models.encoders import AudioEncoder, RecurrentEncoder, TextEncoder, frame_tokens
 from vmjax.models.fusion import BottleneckFusion, ConcatFusion, GatedFusion, LateFusion
@@ -278,6 +279,9 @@ class Multimodal(nn.Module):
     num_bottlenecks: int
     head: str = "moe"  # moe | logistic (one linear layer: a linear probe of the fused embedding)
     late_weights: str = "mean"  # late: mean | modality | class (fusion.LATE_WEIGHTS)
+    # late: weight of each modality head's own loss (its logits against the labels), added to the
+    # loss of the fused logits in training; 0 trains the heads only through their combination.
+    modality_loss: float = 0.0
 
     @nn.compact
     def __call__(self, inputs: dict[str, jax.Array], *, train: bool) -> jax.Array:
@@ -305,6 +309,9 @@ class Multimodal(nn.Module):
 
         if self.fusion == "late":
             logits = {m: head(f"{m}_head")(e) for m, e in embeddings.items()}
+            if self.modality_loss:
+                for m in sorted(logits):
+                    sow_aux_logits(self, f"{m}_logits", logits[m], self.modality_loss)
             return LateFusion(self.late_weights, name="late")(logits)
         fused = fuse(
             self.fusion,

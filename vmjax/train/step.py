@@ -17,6 +17,7 @@ import optax
 from vmjax.compress import distillation
 from vmjax.data.augment import augment_batch
 from vmjax.data.device import DTYPES, cast_floats, model_inputs
+from vmjax.models.aux_losses import AUX_LOGITS, pop_aux_logits
 from vmjax.train.state import TrainState
 
 _AUGMENT_STREAM = 0x617567  # "aug"
@@ -92,7 +93,8 @@ def train_step(
       the device, before the forward pass.
     Dropout draws from `fold_in(state.rng, step)` (and the device index under pmap), augmentation
     from `augment_key` of the same. With a distillation teacher in the optimizer state
-    (vmjax.compress.distillation), the loss is the distillation loss against its logits.
+    (vmjax.compress.distillation), the loss is the distillation loss against its logits. Logits a
+    model sows as auxiliary (vmjax.models.aux_losses) add their weighted loss to the total.
     """
     compute_dtype = DTYPES[dtype]
     mutable = list(state.model_state)
@@ -111,8 +113,9 @@ def train_step(
             inputs,
             train=True,
             rngs={"dropout": rng},
-            mutable=mutable,
+            mutable=[*mutable, AUX_LOGITS],
         )
+        new_model_state, aux_logits = pop_aux_logits(new_model_state)
         if teacher is None:
             total, count = weighted_loss(logits, micro["labels"], micro["weights"])
         else:
@@ -125,6 +128,8 @@ def train_step(
                 teacher.temperature,
                 teacher.alpha,
             )
+        for aux, weight in aux_logits:  # e.g. late fusion heads (model.modality_loss)
+            total = total + weight * weighted_loss(aux, micro["labels"], micro["weights"])[0]
         return total, (count, new_model_state)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
