@@ -4,16 +4,17 @@
   python benchmarks/serve.py --model model.npz --clients 32 --seconds 20
   python benchmarks/serve.py --model_name frame_moe --max_frames 64   # a made frame-level one
 
-Two servers (`python -m vmjax.serve`, subprocesses) start on the same model, one per mode, and
+The servers (`python -m vmjax.serve`, subprocesses) start on the same model, one per mode, and
 are warmed up; then `--clients` threads, each with its own keep-alive HTTP connection, POST the
 same request (`--videos` videos as one TFRecord body, or JSON with --body json) back to back for
-`--seconds`, to one server then the other, `--repeats` times. Printed per mode, from its median
+`--seconds`, to each server in turn, `--repeats` times. Printed per mode, from its median
 run (by requests/s): requests/s, videos/s, p50/p99 latency (ms), the server's mean device batch
 size and model-call time per video (its /stats); then the ratios of requests/s batched /
-unbatched and batched / bare.
+unbatched, batched / bare and batched / narrow.
 Modes: `batched` (--max_batch, --max_wait_ms), `unbatched` (max_batch 1, max_wait_ms 0: one
-video per model call) and `bare`: a FastAPI endpoint on uvicorn that reads the body and returns
-a constant (this script with --bare_port), the ceiling HTTP alone allows on this machine.
+video per model call), `bare`: a FastAPI endpoint on uvicorn that reads the body and returns
+a constant (this script with --bare_port), the ceiling HTTP alone allows on this machine, and
+`narrow`: batched with --no-wide_batches (the Dense kernels in their stored layout only).
 Clients and server share this machine's CPUs: on a small machine the client threads take part
 of the CPU the server could use, in every mode alike.
 """
@@ -128,11 +129,12 @@ def run_bare(port: int) -> None:
 
 
 def start_server(
-    model: str, port: int, max_batch: int, max_wait_ms: float, clients: int
+    model: str, port: int, max_batch: int, max_wait_ms: float, clients: int, wide: bool = True
 ) -> subprocess.Popen:
     """The model server, with limits that let every client in (busy 503s would skew it)."""
     command = [sys.executable, "-m", "vmjax.serve", "--model", model, "--port", str(port)]
     command += ["--max_batch", str(max_batch), "--max_wait_ms", str(max_wait_ms)]
+    command += ["--wide_batches" if wide else "--no-wide_batches"]
     command += ["--max_body_bytes", str(1 << 30), "--max_inflight_bytes", str(1 << 34)]
     command += ["--max_concurrent", str(max(64, 2 * clients)), "--log_level", "warning"]
     return wait_healthy(port, command)
@@ -262,8 +264,14 @@ def main() -> None:
             "batched": f"max_batch {args.max_batch}, max_wait_ms {args.max_wait_ms:g}",
             "unbatched": "max_batch 1, max_wait_ms 0",
             "bare": "FastAPI endpoint: reads the body, answers a constant",
+            "narrow": "as batched, with --no-wide_batches: one layout of the Dense kernels",
         }
-        settings = {"batched": (args.max_batch, args.max_wait_ms), "unbatched": (1, 0.0)}
+        batched = {"max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms}
+        settings = {
+            "batched": batched,
+            "unbatched": {"max_batch": 1, "max_wait_ms": 0.0},
+            "narrow": {**batched, "wide": False},
+        }
         servers, urls = {}, {}
         try:
             for name in modes:
@@ -272,7 +280,9 @@ def main() -> None:
                     command = [sys.executable, __file__, "--bare_port", str(port)]
                     servers[name] = wait_healthy(port, command)
                 else:
-                    servers[name] = start_server(model, port, *settings[name], args.clients)
+                    servers[name] = start_server(
+                        model, port, clients=args.clients, **settings[name]
+                    )
                 urls[name] = f"http://127.0.0.1:{port}"
                 drive(urls[name], body, content_type, args.clients, args.warmup_seconds)
             # All servers stay up (the idle ones cost nothing) and are measured in turn, so a
@@ -305,7 +315,7 @@ def main() -> None:
                 flush=True,
             )
         batched = results["batched"]["requests_per_s"]
-        for other in ("unbatched", "bare"):
+        for other in ("unbatched", "bare", "narrow"):
             ratio = batched / max(results[other]["requests_per_s"], 1e-9)
             print(f"ratio batched/{other} requests/s: {ratio:.2f}")
 

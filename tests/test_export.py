@@ -117,6 +117,21 @@ def test_header_describes_the_run_and_its_inputs(runs):
     }  # the logistic model reads no text: those inputs are dropped
 
 
+def test_wide_batches_read_transposed_kernels_and_score_the_same(runs):
+    _, _, path, batch = runs["frame_moe"]
+    header = export_lib.read_header(path)
+    with np.load(path) as files:
+        shapes = [files[f"param_{i}"].shape for i in range(header["num_variables"])]
+    # frame_moe's only matrices are its Dense kernels (the MoE head's gates and experts).
+    assert header["dense_kernels"] == [i for i, s in enumerate(shapes) if len(s) == 2]
+    assert len(header["dense_kernels"]) >= 2
+    plain, wide = export_lib.load(path), export_lib.load(path, wide_batches=True)
+    assert (plain.wide_rows, wide.wide_rows) == (None, export_lib.WIDE_ROWS)
+    for n in (1, export_lib.WIDE_ROWS, 16):  # below the threshold and on the transposed path
+        part = {k: batch[k][:n] for k in ("rgb", "audio", "mask")}
+        np.testing.assert_allclose(wide(part), plain(part), rtol=1e-5, atol=1e-7, err_msg=n)
+
+
 def test_wrong_inputs_name_the_key(runs):
     _, _, path, batch = runs["frame_moe"]
     predict = export_lib.load(path)

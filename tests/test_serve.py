@@ -136,6 +136,14 @@ def frame_server(models):
     running.stop()
 
 
+def test_batches_of_four_or_more_read_the_transposed_kernels_unless_turned_off(
+    models, video_server
+):
+    assert video_server.service.predict.wide_rows == export_lib.WIDE_ROWS  # max_batch=8
+    for kw in ({"max_batch": 2}, {"max_batch": 8, "wide_batches": False}):
+        assert Service(models["video"], warm_up=False, **kw).predict.wide_rows is None, kw
+
+
 def _bundled_names() -> dict[int, str]:
     path = importlib.resources.files("vmjax.data") / "assets" / "yt8m_vocabulary.csv"
     with path.open(newline="") as f:

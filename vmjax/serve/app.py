@@ -98,11 +98,14 @@ class Service:
         max_wait_ms: float = 5.0,
         limits: Limits | None = None,
         warm_up: bool = True,
+        wide_batches: bool = True,
     ):
         if top_k < 1:
             raise ValueError(f"top_k={top_k} must be >= 1")
         self.model_path = model
-        self.predict = export_lib.load(model)
+        # Batches of WIDE_ROWS or more read [out, in] copies of the Dense kernels (export.load).
+        wide = wide_batches and max_batch >= export_lib.WIDE_ROWS
+        self.predict = export_lib.load(model, wide_batches=wide)
         self.header = self.predict.header
         self.spec = InputSpec.from_header(self.header)
         c = self.spec.num_classes
