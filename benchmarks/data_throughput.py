@@ -15,7 +15,9 @@ shipped config's data.workers ('auto': vmjax.data.pipeline.worker_count picks fr
 
 --table runs one pinned subprocess per row (1 core, 2 cores, all cores) with that default
 worker setting, prints videos/s per row (and the reference's with --reference_python) and the
-2-core / 1-core ratio: how the defaults a user gets scale with cores.
+2-core / 1-core ratio: how the defaults a user gets scale with cores; then the same ratio for
+two plain workloads (a Python loop, 8 MB memory copies) run as 1 and 2 pinned processes: what
+the machine itself gives a second core.
 """
 
 import argparse
@@ -150,6 +152,46 @@ def _workers(value: str) -> int | str:
     return n
 
 
+def _busy(work: str, core: int, seconds: float, out) -> None:
+    """Pinned to `core`, does `work` for `seconds`; puts the number of rounds done."""
+    import numpy as np
+
+    os.sched_setaffinity(0, [core])
+    src = np.ones(8 << 20, np.uint8)  # 8 MB: beyond L2, as a batch of frames is
+    dst = np.empty_like(src)
+    rounds, end = 0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        if work == "python loop":
+            sum(range(10_000))
+        else:
+            np.copyto(dst, src)
+        rounds += 1
+    out.put(rounds)
+
+
+def machine_scaling(seconds: float) -> dict[str, float]:
+    """Rounds/s of the same work in 2 processes on 2 cores over 1 process on 1 core: what the
+    machine gives a second core (shared memory bandwidth, caches, or SMT siblings), for a pure
+    Python loop and for 8 MB memory copies."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    cores = sorted(os.sched_getaffinity(0))[:2]
+    ratios = {}
+    for work in ("python loop", "memory copy"):
+        done = []
+        for k in (1, 2):
+            out = ctx.Queue()
+            procs = [ctx.Process(target=_busy, args=(work, c, seconds, out)) for c in cores[:k]]
+            for proc in procs:
+                proc.start()
+            done.append(sum(out.get() for _ in procs))
+            for proc in procs:
+                proc.join()
+        ratios[work] = done[1] / done[0]
+    return ratios
+
+
 def table(args) -> None:
     """One pinned subprocess per core count; prints the rows and the 2-core / 1-core ratio."""
     available = len(os.sched_getaffinity(0))
@@ -190,6 +232,8 @@ def table(args) -> None:
     if 1 in rows and 2 in rows:
         one, two = float(rows[1]["videos_per_s"]), float(rows[2]["videos_per_s"])
         print(f"2 cores / 1 core: {two / one:.2f}x")
+        for work, ratio in machine_scaling(min(args.seconds, 5.0)).items():
+            print(f"2 cores / 1 core ({work}, the machine's own ceiling): {ratio:.2f}x")
         if ref:
             one = float(rows[1]["reference_videos_per_s"])
             two = float(rows[2]["reference_videos_per_s"])
