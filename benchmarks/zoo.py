@@ -688,7 +688,7 @@ def conclusions(rows: list[dict], budget: str) -> str:
         text = [
             f"On the cross-modal classes, whose label needs rgb and audio evidence together, "
             f"{name(top)} fusion leads ({gap(top, 'cross_modal'):.3f} GAP) ahead of {margins}"
-            + verdict(by[top], by[ranked[1]], "cross_modal")
+            + verdict(by[top], by[ranked[1]], "gap_cross_modal")
             + (
                 f", and it is also the best multimodal model overall (GAP {gap(overall):.3f})."
                 if overall == top
@@ -700,7 +700,7 @@ def conclusions(rows: list[dict], budget: str) -> str:
         if rival and gap(rival, "cross_modal") > gap(top, "cross_modal"):
             text.append(
                 f"Still, the single-encoder {rival} scores {gap(rival, 'cross_modal'):.3f} on "
-                f"them{verdict(by[rival], by[top], 'cross_modal')}: a mixture of experts over "
+                f"them{verdict(by[rival], by[top], 'gap_cross_modal')}: a mixture of experts over "
                 "mean rgb and audio features learns those conjunctions too."
             )
     # What each modality contributes: the drop in GAP when it is removed, averaged over fusions.
@@ -840,13 +840,14 @@ def findings(rows: list[dict], oracle: dict, budget: str) -> list[str]:
             "- Cross-modal classes (rgb AND audio evidence) by fusion: "
             + ", ".join(f"{m.split()[1]} {gap(m, 'cross_modal'):.3f}" for m in ranked)
             + f". {ranked[0].split()[1]} leads by {first - second:+.3f} over {ranked[1].split()[1]}"
-            + verdict(by[ranked[0]], by[ranked[1]], "cross_modal")
+            + verdict(by[ranked[0]], by[ranked[1]], "gap_cross_modal")
         )
         if singles:
             top = max(singles, key=lambda m: gap(m, "cross_modal"))
             line += (
                 f"; against the best single-encoder model ({top}, {gap(top, 'cross_modal'):.3f})"
                 f" it is {first - gap(top, 'cross_modal'):+.3f}"
+                + verdict(by[ranked[0]], by[top], "gap_cross_modal")
             )
         out.append(line + ".")
     own_kind = {"rgb": "visual", "audio": "audio", "text": "text"}

@@ -138,5 +138,10 @@ def test_a_difference_is_a_win_only_beyond_twice_the_larger_std(zoo):
     assert zoo.clear_win(a, {"gap": 0.67, "gap_std": 0.02}) is False  # 0.03 < 0.04
     assert zoo.clear_win(a, {"gap": 0.60, "gap_std": None}) is None  # one seed: untested
     assert "not a win" in zoo.verdict(a, {"gap": 0.67, "gap_std": 0.02})
+    # A kind column's key is its row field: gap_<kind>, with gap_<kind>_std beside it.
+    b = {"gap_cross_modal": 0.801, "gap_cross_modal_std": 0.0042}
+    c = {"gap_cross_modal": 0.809, "gap_cross_modal_std": 0.0025}
+    assert zoo.clear_win(c, b, "gap_cross_modal") is False  # 0.008 < 2 x 0.0042
+    assert "not a win" in zoo.verdict(c, b, "gap_cross_modal")
     assert zoo.cell_text({"gap": 0.7, "gap_std": None}, "gap") == "0.700"
     assert zoo.cell_text(a, "gap") == "0.700 ± 0.010"
