@@ -108,10 +108,15 @@ def test_save_load_round_trip(tmp_path):
     assert len(loaded) == 150 and loaded.dim == DIM
     np.testing.assert_array_equal(loaded.ids, index.ids)
     np.testing.assert_array_equal(loaded.classes, index.classes)
+    n = len(index)  # the stored vectors come back bit for bit
+    np.testing.assert_array_equal(loaded._unit[:n], index._unit[:n])
+    np.testing.assert_array_equal(loaded._norms[:n], index._norms[:n])
     for metric in ("cosine", "euclidean"):
         a, b = index.search(queries, 5, metric), loaded.search(queries, 5, metric)
         np.testing.assert_array_equal(a.positions, b.positions)
-        np.testing.assert_array_equal(a.scores, b.scores)
+        # Block sizes 64 and 32 make matmuls of other shapes, whose kernels may sum in another
+        # order: the last bit of a score may differ (it did on an AVX-512 CPU).
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6, atol=1e-7)
         np.testing.assert_array_equal(a.classes, b.classes)
     loaded.add(_random(2, 7), ["new0", "new1"], classes=["x", "y"])  # still growable
     assert len(loaded) == 152
