@@ -421,16 +421,20 @@ def load(path: str, *, wide_batches: bool = False) -> Callable[[dict], np.ndarra
     inputs = header["inputs"]
     ignored = set(header["ignored_inputs"])
     call = jax.jit(exported.call)
+    host, params = params, jax.device_put(params)
     wide = None  # (call, params) for calls of WIDE_ROWS rows or more
     kernels = set(header.get("dense_kernels", ())) if wide_batches else set()
     if kernels and jax.default_backend() == "cpu":
-        flipped = [np.ascontiguousarray(p.T) if i in kernels else p for i, p in enumerate(params)]
+        # Only the kernels get a second copy; every other variable is the array `call` reads.
+        flipped = [
+            jax.device_put(np.ascontiguousarray(h.T)) if i in kernels else p
+            for i, (h, p) in enumerate(zip(host, params, strict=True))
+        ]
 
         def call_flipped(ps, args):
             return exported.call([p.T if i in kernels else p for i, p in enumerate(ps)], args)
 
-        wide = (jax.jit(call_flipped), jax.device_put(flipped))
-    params = jax.device_put(params)
+        wide = (jax.jit(call_flipped), flipped)
 
     def predict(batch: dict) -> np.ndarray:
         unknown = sorted(set(batch) - {i["name"] for i in inputs} - ignored)
