@@ -11,7 +11,7 @@ import grain
 import numpy as np
 import pytest
 
-from vmjax.data import pipeline, synthetic, tfrecord, yt8m
+from vmjax.data import batch_memory, pipeline, synthetic, tfrecord, yt8m
 from vmjax.data import workers as workers_lib
 
 C = 3862
@@ -68,9 +68,10 @@ def test_explicit_worker_count_is_kept_and_shared_memory_caps_auto():
     assert pipeline.worker_count(5, 2, 1) == (5, "data.workers=5")  # train_dataset checks files
     assert pipeline.worker_count(0, 10, 16)[0] == 0
     mib = 1 << 20
-    # Each worker holds prefetch + 2 batches; auto uses at most half of the free /dev/shm.
-    n, why = pipeline.worker_count("auto", 100, 8, shm_free=96 * mib, batch_bytes=4 * mib)
-    assert n == (96 // 2) // (4 * 4) == 3 and "/dev/shm has 96 MiB free" in why
+    # Each worker holds 2 x prefetch (2) + 4 blocks of a batch; auto uses at most half of the
+    # free /dev/shm.
+    n, why = pipeline.worker_count("auto", 100, 8, shm_free=192 * mib, batch_bytes=4 * mib)
+    assert n == (192 // 2) // (8 * 4) == 3 and "/dev/shm has 192 MiB free" in why
     n, why = pipeline.worker_count("auto", 100, 8, shm_free=8 * mib, batch_bytes=4 * mib)
     assert n == 0 and "training process" in why
     assert pipeline.worker_count("auto", 100, 8, shm_free=None, batch_bytes=4 * mib)[0] == 7
@@ -124,7 +125,7 @@ def test_two_workers_run_in_parallel_share_memory_and_resume_exactly(files, monk
     assert len({p.pid for p in workers if p.is_alive()}) >= 2  # both alive at the same time
     # Worker w reads files [2w, 2w + 2); grain hands out their batches in turn.
     for b, batch in enumerate(first):
-        assert isinstance(batch["rgb"], grain.multiprocessing.SharedMemoryArray)
+        assert batch_memory.block_of(batch["rgb"]) is not None  # in a worker's block
         for row, video_id in enumerate(batch["ids"]):
             k, ex = records[str(video_id)]
             assert k // 2 == b % 2, (b, k)

@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from vmjax.data import streams, tfrecord, yt8m
+from vmjax.data import batch_memory, streams, tfrecord, yt8m
 from vmjax.data import workers as workers_lib
 
 LEVELS = ("frame", "video")
@@ -122,7 +122,8 @@ def worker_count(
     one worker fewer would cost a third to a half of the pipeline, and the training process
     does little of the input work: it maps the workers' batches), at most MAX_AUTO_WORKERS,
     at most `files` (each worker reads its own files), and no more than half of `shm_free`
-    bytes of shared memory holds (each worker keeps `prefetch` + 2 batches of `batch_bytes`).
+    bytes of shared memory holds (each worker keeps `workers.blocks_per_worker(prefetch)`
+    batches of `batch_bytes`).
     Fewer than 2 is 0: a single worker would only move the same work to another process.
     'auto' never fails; a low count says why.
     """
@@ -140,7 +141,7 @@ def worker_count(
         n = files
         why.append(f"{files} file(s) to read, one worker per file at most")
     if shm_free is not None and batch_bytes > 0:
-        fits = (shm_free // 2) // ((max(prefetch, 1) + 2) * batch_bytes)
+        fits = (shm_free // 2) // (workers_lib.blocks_per_worker(prefetch) * batch_bytes)
         if fits < n:
             n = fits
             why.append(
@@ -325,23 +326,42 @@ class Batcher:
     One batch function instead of a per-record map stage keeps grain's per-element bookkeeping
     off the hot path. With `bad_records`, records that fail to decode are handed to it and left
     out; their rows are padding (weight 0). In grain's worker processes
-    (`enable_shared_memory_output`) the batch is written straight into shared memory, which the
-    training process maps without a copy.
+    (`enable_shared_memory_output`) the batch is written straight into one of the worker's
+    reused shared-memory blocks (vmjax.data.batch_memory), which the training process maps
+    without a copy.
     """
 
     def __init__(self, spec: BatchSpec, batch_size: int, bad_records: BadRecords | None = None):
         self.spec, self.batch_size, self.bad_records = spec, batch_size, bad_records
         self.shared_memory = False
         self._decode = make_decoder(spec)
+        self._nbytes: int | None = None
 
     def enable_shared_memory_output(self) -> None:
         """Called by grain in each worker process (grain's SupportsSharedMemoryOutput)."""
         self.shared_memory = True
 
-    def _collate(self, examples: Sequence[dict]) -> dict:
-        # /dev/shm memory reads as zeros until written (POSIX ftruncate), like np.zeros.
-        alloc = _shared_zeros if self.shared_memory else np.zeros
-        return make_collate(self.spec, self.batch_size, alloc)(examples)
+    def _collate(self, examples: Sequence[dict]) -> dict | batch_memory.SealedBatch:
+        pool = batch_memory.worker_pool()  # set in workers.in_processes' worker processes
+        lease = pool.lease(self._block_bytes()) if pool is not None else None
+        if lease is None:  # not such a worker, or all its blocks are in use
+            # /dev/shm memory reads as zeros until written (POSIX ftruncate), like np.zeros.
+            alloc = _shared_zeros if self.shared_memory else np.zeros
+            return make_collate(self.spec, self.batch_size, alloc)(examples)
+        try:
+            return lease.seal(make_collate(self.spec, self.batch_size, lease.zeros)(examples))
+        except BaseException:
+            lease.release()
+            raise
+
+    def _block_bytes(self) -> int:
+        """A block that holds a batch of uint8 frames (float frames spill into grain's shared
+        memory) and ids of up to 64 characters."""
+        if self._nbytes is None:
+            arrays = example_batch(self.spec, self.batch_size).values()
+            self._nbytes = sum(batch_memory.aligned(a.nbytes) for a in arrays)
+            self._nbytes += self.batch_size * 64 * 4 + 16 * batch_memory.ALIGN
+        return self._nbytes
 
     def __call__(self, items: Sequence[tuple]) -> dict:
         if self.bad_records is None:

@@ -16,11 +16,27 @@ import time
 
 import grain
 
+from vmjax.data import batch_memory
+
 WORKER_SIGNAL_GRACE = 30.0  # seconds a worker serves on after SIGTERM/SIGINT (init_worker)
+# Shared-memory blocks a worker reuses (in_processes): twice its queue's batches (grain's
+# training-process side buffers as many again per worker) and EXTRA_BLOCKS more: the one it
+# writes, one in the pipe, and those the training process holds.
+EXTRA_BLOCKS = 4
+
+
+def blocks_per_worker(prefetch: int) -> int:
+    """How many batches' shared memory a worker with `prefetch` queued batches reuses."""
+    return 2 * max(prefetch, 1) + EXTRA_BLOCKS
 
 
 def init_worker(
-    parent: int, index: int = 0, count: int = 1, *, grace: float = WORKER_SIGNAL_GRACE
+    parent: int,
+    index: int = 0,
+    count: int = 1,
+    *,
+    grace: float = WORKER_SIGNAL_GRACE,
+    blocks: int = 0,
 ) -> None:
     """grain worker_init_fn: ties a worker's life to its training process `parent`.
 
@@ -35,8 +51,11 @@ def init_worker(
       of its step (vmjax.train.guards.Preemption), may be waiting for the worker's next batch,
       and grain raises as soon as a worker dies. The worker exits `grace` seconds later, or
       with its parent, whichever comes first.
+    - Batch functions that support it write into up to `blocks` reused shared-memory blocks
+      (vmjax.data.batch_memory); 0: grain's shared memory, a new file per batch.
     """
     del index, count
+    batch_memory.configure(blocks)
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -58,13 +77,20 @@ def in_processes(
     ds: grain.IterDataset, workers: int, prefetch: int, **options
 ) -> grain.IterDataset:
     """`ds.mp_prefetch` with `workers` processes (each buffering `prefetch` batches, at least 1)
-    that run `init_worker`; `options` go to mp_prefetch (e.g. sequential_slice)."""
+    that run `init_worker`; `options` go to mp_prefetch (e.g. sequential_slice).
+
+    Each worker reuses up to `blocks_per_worker(prefetch)` shared-memory blocks for its
+    batches (vmjax.data.batch_memory; its Opener maps them back into dicts of arrays here)."""
     from absl import flags
 
     if not flags.FLAGS.is_parsed():  # grain reads its absl flags in the workers
         flags.FLAGS.mark_as_parsed()
-    return ds.mp_prefetch(
-        grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=max(prefetch, 1)),
-        worker_init_fn=functools.partial(init_worker, os.getpid(), grace=WORKER_SIGNAL_GRACE),
+    buffered = max(prefetch, 1)
+    out = ds.mp_prefetch(
+        grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=buffered),
+        worker_init_fn=functools.partial(
+            init_worker, os.getpid(), grace=WORKER_SIGNAL_GRACE, blocks=blocks_per_worker(prefetch)
+        ),
         **options,
     )
+    return out.map(batch_memory.Opener())
