@@ -27,24 +27,15 @@ import time
 
 import jax
 import numpy as np
+from train_throughput import build_step  # this folder (the script's own) is on sys.path
 
 from vmjax.data import pipeline, yt8m
-from vmjax.data.device import model_inputs
-from vmjax.models import build_model
 from vmjax.tools import configs
-from vmjax.train import parallel
-from vmjax.train import state as state_lib
 
 
 def our_step(config, batch: dict):
-    """(step, state, batch on the device): the trainer's frame_moe step."""
-    spec = pipeline.BatchSpec.from_config(config.data)
-    model = build_model(config.model, spec.num_classes)
-    tx = state_lib.make_optimizer(config.optimizer, config.num_train_steps)
-    par = parallel.create(config, model, tx)
-    host_state = state_lib.create_train_state(
-        model, tx, model_inputs(pipeline.example_batch(spec)), jax.random.PRNGKey(config.seed)
-    )
+    """(step, state, batch on the device, host params): the trainer's frame_moe step."""
+    _, _, _, par, host_state = build_step(config)
     params = jax.tree.map(np.asarray, host_state.params)
     return par.train_step, par.put_state(host_state), par.put_batch(batch), params
 

@@ -91,6 +91,19 @@ def put_batch_once(par: parallel.Parallel, batch: dict) -> dict:
     return placed
 
 
+def build_step(config):
+    """(spec, model, optimizer, Parallel, host state): the trainer's step as vmjax.train.loop
+    builds it (`par.train_step`)."""
+    spec = pipeline.BatchSpec.from_config(config.data)
+    model = build_model(config.model, spec.num_classes)
+    tx = state_lib.make_optimizer(config.optimizer, config.num_train_steps)
+    par = parallel.create(config, model, tx)
+    host_state = state_lib.create_train_state(
+        model, tx, model_inputs(pipeline.example_batch(spec)), jax.random.PRNGKey(config.seed)
+    )
+    return spec, model, tx, par, host_state
+
+
 def _seconds(fn, *args):
     t0 = time.perf_counter()
     out = jax.block_until_ready(fn(*args))
@@ -153,13 +166,7 @@ def main(argv):
         )
 
     _log(f"building {config.model.name} ({config.data.level} level) on {n_devices} device(s)")
-    spec = pipeline.BatchSpec.from_config(config.data)
-    model = build_model(config.model, spec.num_classes)
-    tx = state_lib.make_optimizer(config.optimizer, config.num_train_steps)
-    par = parallel.create(config, model, tx)
-    host_state = state_lib.create_train_state(
-        model, tx, model_inputs(pipeline.example_batch(spec)), jax.random.PRNGKey(config.seed)
-    )
+    spec, model, tx, par, host_state = build_step(config)
     num_params = sum(x.size for x in jax.tree.leaves(host_state.params))
     host_batch = random_batch(spec, local_batch, config.seed)
     state = par.put_state(host_state)
