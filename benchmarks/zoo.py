@@ -476,6 +476,12 @@ def write_results(rows: list[dict], oracle: dict, path: str, study: dict) -> Non
     curves_image = out.parent / "images" / f"{out.stem}_curves.png"
     head = "| model | GAP | mAP | Hit@1 | GAP / oracle | " + " | ".join(kinds)
     missing = [label for label in ROWS if label not in {r["label"] for r in rows}]
+    # scikit-learn rows are fitted once: reference rows, not seeded.
+    short = [
+        r["label"]
+        for r in rows
+        if len(r.get("seeds", [0])) < seeds and not r["label"].startswith("sklearn")
+    ]
     quick = " --quick" if budget == "quick" else ""
     flags = f"{quick} --steps {steps} --seeds {seeds}"
     lrs = study.get("lr") or {}
@@ -489,6 +495,17 @@ def write_results(rows: list[dict], oracle: dict, path: str, study: dict) -> Non
                 "",
             ]
             if missing
+            else []
+        ),
+        *(
+            [
+                f"> Seeds: {len(short)} of {len(rows)} rows have fewer than {seeds} seeds so far "
+                f"({', '.join(short)}); their cells show the seeds they have (one: its value "
+                f"alone). To complete them: `python benchmarks/zoo.py{flags} --update --rows "
+                f'"{",".join(short)}"`.',
+                "",
+            ]
+            if short
             else []
         ),
         f"Written by `python benchmarks/zoo.py{flags}`: {len(rows)} rows, "

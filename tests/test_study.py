@@ -115,6 +115,13 @@ def test_the_table_shows_mean_and_std_and_the_json_keeps_each_seed(zoo, row, tmp
     assert (out.parent / "images" / "results_curves.png").stat().st_size > 0
     # GAP gains 0.002 over the last quarter: below 0.005 and twice the std, so levelled off.
     assert "Levelled off from step 6 to 8: logistic" in text
+    assert "> Seeds:" not in text  # every row has the study's seeds
+
+    one_seed = {**row, "label": "moe", "seeds": [0], "gap_std": None}
+    zoo.write_results([row, one_seed], oracle, str(out), {"budget": "full", "steps": 8, "seeds": 3})
+    text = out.read_text()
+    assert "> Seeds: 1 of 2 rows have fewer than 3 seeds so far (moe)" in text
+    assert '--steps 8 --seeds 3 --update --rows "moe"' in text
 
 
 def test_lr_search_chooses_the_best_final_gap_and_ablations_take_their_fusions_rate(

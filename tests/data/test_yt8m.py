@@ -642,15 +642,29 @@ def test_missing_labels_decode_as_unlabelled():
     assert frames["id"] == "v" and frames["labels"].shape == (0,)
 
 
-def test_dequantize_is_exact_under_jit():
-    """XLA may fuse q * scale + bias into an FMA; the table keeps the two-rounding values."""
+def _jit_optimized(fn, *args):
+    """fn compiled at XLA:CPU's default LLVM optimization level (the suite compiles at 0 to save
+    time, where no FMA is formed), applied to args."""
     import jax
+
+    options = {"xla_backend_optimization_level": 2}
+    return jax.jit(fn).lower(*args).compile(compiler_options=options)(*args)
+
+
+def test_dequantize_is_exact_under_jit():
+    """XLA fuses q * scale + bias into an FMA; the split products keep the two-rounding values."""
     import jax.numpy as jnp
 
     q = np.arange(256, dtype=np.uint8).reshape(16, 16)
     want = q.astype(np.float32) * np.float32(4 / 255) + np.float32(4 / 512 - 2)
-    got = jax.jit(lambda x: yt8m.dequantize(x, xp=jnp))(q)
+    got = _jit_optimized(lambda x: yt8m.dequantize(x, xp=jnp), q)
     np.testing.assert_array_equal(np.asarray(got), want)
+    # The plain expression, compiled the same way, is not exact (the reason for the split): if
+    # XLA stops forming the FMA, this fails and the comment in yt8m.py is out of date.
+    naive = _jit_optimized(
+        lambda x: x.astype(jnp.float32) * want.dtype.type(4 / 255) - 1.9921875, q
+    )
+    assert (np.asarray(naive) != want).sum() > 100
 
 
 def _protobuf_frames(data):

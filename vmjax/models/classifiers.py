@@ -61,8 +61,21 @@ class FrameMoE(nn.Module):
     @nn.compact
     def __call__(self, inputs: dict[str, jax.Array], *, train: bool) -> jax.Array:
         del train
-        pooled = masked_mean(_concat_features(inputs), inputs["mask"])
-        return MoEHead(self.num_classes, self.num_mixtures, name="head")(pooled)
+        return MoEHead(self.num_classes, self.num_mixtures, name="head")(_mean_frames(inputs))
+
+
+def _mean_frames(inputs: dict[str, jax.Array]) -> jax.Array:
+    """The mean of the valid frames' features `[B, 1152]` (rgb then audio).
+
+    Each modality is averaged on its own and the means joined: the same numbers as averaging
+    the joined frames, but XLA fuses each modality's dequantization into its sum instead of
+    writing the joined `[B, T, 1152]` float frames out first (on CPU, 72 ms against ~5 ms
+    for a batch of 64 x 300 frames).
+    """
+    mask = inputs["mask"]
+    return jnp.concatenate(
+        [masked_mean(inputs["rgb"], mask), masked_mean(inputs["audio"], mask)], -1
+    )
 
 
 def _frames(inputs: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
@@ -78,7 +91,7 @@ class FrameLogistic(nn.Module):
     @nn.compact
     def __call__(self, inputs: dict[str, jax.Array], *, train: bool) -> jax.Array:
         del train
-        return LogisticHead(self.num_classes, name="head")(masked_mean(*_frames(inputs)))
+        return LogisticHead(self.num_classes, name="head")(_mean_frames(inputs))
 
 
 class DBoFModel(nn.Module):
