@@ -157,6 +157,11 @@ def test_fixed_batch_size_export(runs, tmp_path):
     assert predict({k: batch[k][:4] for k in ("rgb", "audio")}).shape == (4, NUM_CLASSES)
     with pytest.raises(ValueError, match="exported for batch size 4"):
         predict({k: batch[k][:5] for k in ("rgb", "audio")})
+    assert export_lib.load(path, wide_batches=True).wide_rows == export_lib.WIDE_ROWS
+    # A batch size below WIDE_ROWS never takes the transposed path: no copies are made.
+    small = str(tmp_path / "fixed2.bin")
+    export_lib.export(workdir, small, batch_size=2, log=lambda _: None)
+    assert export_lib.load(small, wide_batches=True).wide_rows is None
 
 
 def test_clear_errors_for_bad_files_and_runs(runs, tmp_path):

@@ -424,6 +424,9 @@ def load(path: str, *, wide_batches: bool = False) -> Callable[[dict], np.ndarra
     host, params = params, jax.device_put(params)
     wide = None  # (call, params) for calls of WIDE_ROWS rows or more
     kernels = set(header.get("dense_kernels", ())) if wide_batches else set()
+    fixed = {i["shape"][0] for i in inputs if i["shape"][0] != BATCH}
+    if fixed and max(fixed) < WIDE_ROWS:  # exported for a batch size below WIDE_ROWS: no call
+        kernels = set()  # would read the copies, so none are made
     if kernels and jax.default_backend() == "cpu":
         # Only the kernels get a second copy; every other variable is the array `call` reads.
         flipped = [
