@@ -16,9 +16,10 @@ is logged once and counted, the rest of a file whose framing is broken is skippe
 batch that lost records is filled with zero-weight rows.
 
 Training uses every core by default: data.workers='auto' (see `worker_count`) reads, decodes and
-batches in grain worker processes, which write each batch straight into shared memory; the
-training process only maps it. The worker count travels with the iterator state, so a run
-resumes exactly on a machine with another number of cores.
+batches in grain worker processes, which write each batch straight into one of a few
+shared-memory blocks they reuse (vmjax.data.batch_memory); the training process only maps it.
+The worker count travels with the iterator state, so a run resumes exactly on a machine with
+another number of cores.
 """
 
 from __future__ import annotations
