@@ -3,8 +3,9 @@
 grain's mp_prefetch hands a worker's batch to the training process through shared memory: a new
 /dev/shm file per array per batch (`grain.multiprocessing.SharedMemoryArray`). Its pages fault in
 one by one as the worker writes them and again as the training process reads them, and are freed
-with the file; for a frame-level batch (88 MB) that is ~47 ms in the worker and ~46 ms in the
-training process, against ~6 and ~10 ms in memory mapped before (`benchmarks/shm_cost.py`).
+with the file; for a frame-level batch (88 MB) that is ~50 ms in the worker and ~46 ms in the
+training process, against ~7 and ~15 ms in memory mapped before (`benchmarks/shm_cost.py`).
+grain has no way to reuse its shared memory, hence this module.
 
 Here each worker keeps a few blocks (`BlockPool`, at most `max_blocks`) and writes each batch
 into a free one (`Lease.zeros`); it sends a `SealedBatch`, the block's name and where each array
