@@ -452,12 +452,14 @@ def clear_win(a: dict, b: dict, key: str = "gap") -> bool | None:
 
 
 def verdict(a: dict, b: dict, key: str = "gap") -> str:
-    """The clause a comparison of a over b carries: a win, within noise, or untested."""
+    """The clause a comparison of a over b carries: a win, a loss, within noise, or untested."""
     win = clear_win(a, b, key)
     if win is None:
         return " (one seed: not tested against seed noise)"
     if win:
         return " (a win: more than twice the larger std over seeds)"
+    if clear_win(b, a, key):
+        return " (a loss: more than twice the larger std over seeds)"
     return " (not a win: within twice the larger std over seeds)"
 
 

@@ -145,6 +145,7 @@ def test_a_difference_is_a_win_only_beyond_twice_the_larger_std(zoo):
     assert zoo.clear_win(a, {"gap": 0.67, "gap_std": 0.02}) is False  # 0.03 < 0.04
     assert zoo.clear_win(a, {"gap": 0.60, "gap_std": None}) is None  # one seed: untested
     assert "not a win" in zoo.verdict(a, {"gap": 0.67, "gap_std": 0.02})
+    assert "a loss" in zoo.verdict({"gap": 0.67, "gap_std": 0.01}, a)  # -0.03 beyond 0.02
     # A kind column's key is its row field: gap_<kind>, with gap_<kind>_std beside it.
     b = {"gap_cross_modal": 0.801, "gap_cross_modal_std": 0.0042}
     c = {"gap_cross_modal": 0.809, "gap_cross_modal_std": 0.0025}
