@@ -302,6 +302,41 @@ def test_a_batch_dropped_unopened_frees_its_block_and_a_failure_gives_it_back(fi
     assert _state(pool) == [batch_memory.FREE]
 
 
+def _gone(path: str, seconds: float = 10.0) -> bool:
+    """Whether `path` is gone within `seconds`: once grain's mp_prefetch has run in a process,
+    its shared memory is unlinked by a thread (SharedMemoryArray.enable_async_del)."""
+    deadline = time.monotonic() + seconds
+    while os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not os.path.exists(path)
+
+
+def test_arrays_that_do_not_fit_the_block_travel_in_grain_shared_memory(pool):
+    # A block sized for uint8 frames gets float ones (some extractors write float lists).
+    lease = pool.lease(1024)
+    small = lease.zeros(16, np.int32)
+    big = lease.zeros((64, 300), np.float32)  # 76,800 bytes: not in the block
+    assert isinstance(big, grain.multiprocessing.SharedMemoryArray) and not big.any()
+    small[:] = np.arange(16)
+    big[:] = 2.5
+    name = big.shm.name
+    batch = batch_memory.Opener()(_send(lease.seal({"small": small, "big": big})))
+    np.testing.assert_array_equal(batch["small"], np.arange(16))
+    np.testing.assert_array_equal(batch["big"], np.full((64, 300), 2.5, np.float32))
+    assert batch_memory.block_of(batch["small"]) == pool.blocks[0].name
+    del big, batch
+    gc.collect()
+    assert _gone(f"/dev/shm/{name}")  # the training process unlinked it
+    # Dropped unopened: the block is freed and the array's own shared memory unlinked.
+    lease = pool.lease(1024)
+    big = lease.zeros((64, 300), np.float32)
+    name = big.shm.name
+    received = _send(lease.seal({"big": big}))
+    del received, big
+    gc.collect()
+    assert _state(pool) == [batch_memory.FREE] and not os.path.exists(f"/dev/shm/{name}")
+
+
 def test_no_pool_outside_worker_processes(files):
     batch = pipeline.make_batcher(_spec(), 4)(_items(files[0], 2))
     assert isinstance(batch, dict) and batch_memory.block_of(batch["rgb"]) is None

@@ -29,9 +29,11 @@ import threading
 import weakref
 from multiprocessing import shared_memory
 
+import grain
 import numpy as np
 
 HEADER = 64  # bytes before the first array; the state is its first int64
+SHARED = -1  # a SealedBatch layout offset: the array is in grain shared memory of its own
 ALIGN = 64
 FREE, LEASED = 0, 1
 
@@ -127,11 +129,12 @@ class Lease:
         return array
 
     def zeros(self, shape, dtype) -> np.ndarray:
-        """np.zeros(shape, dtype) in the block (or in ordinary memory once the block is full)."""
+        """np.zeros(shape, dtype) in the block; once the block is full (e.g. float frames, 4x
+        the uint8 ones it is sized for), in grain's shared memory of its own."""
         shape, dtype = (shape,) if isinstance(shape, int) else tuple(shape), np.dtype(dtype)
         array = self._place(shape, dtype)
         if array is None:
-            return np.zeros(shape, dtype)
+            return grain.multiprocessing.SharedMemoryArray(shape, dtype)  # reads as zeros
         array.fill(0)
         return array
 
@@ -147,6 +150,9 @@ class Lease:
             placed = self._placed.get(id(value))
             if placed is not None and placed[0] is value:
                 layout.append((key, placed[1], (value.shape, value.dtype.str)))
+                continue
+            if isinstance(value, grain.multiprocessing.SharedMemoryArray):
+                layout.append((key, SHARED, value.metadata))  # opened and unlinked by the trainer
                 continue
             if isinstance(value, np.ndarray) and not value.dtype.hasobject:
                 copy = self._place(value.shape, value.dtype)
@@ -165,8 +171,9 @@ def _free(state: np.ndarray, block: Block) -> None:
 
 class SealedBatch:
     """A batch in a worker's block, as sent to the training process (small to pickle):
-    layout is (key, offset, (shape, dtype)) for arrays in the block, (key, None, value) for
-    the rest, in the batch's order."""
+    layout is (key, offset, (shape, dtype)) for arrays in the block, (key, SHARED, metadata)
+    for arrays that did not fit (grain shared memory), (key, None, value) for the rest, in the
+    batch's order."""
 
     def __init__(self, name: str, layout: list):
         self.name, self.layout = name, layout
@@ -187,6 +194,10 @@ class SealedBatch:
             if offset is None:
                 batch[key] = value
                 continue
+            if offset == SHARED:
+                batch[key] = grain.multiprocessing.SharedMemoryArray.from_metadata(value)
+                batch[key].unlink_on_del()
+                continue
             shape, dtype = value[0], np.dtype(value[1])
             count = int(np.prod(shape, dtype=np.int64))
             batch[key] = np.frombuffer(memory, dtype, count=count, offset=offset).reshape(shape)
@@ -195,6 +206,9 @@ class SealedBatch:
     def __del__(self):
         if self.unopened is not None:  # dropped unopened (grain discarded it): free the block
             self.unopened.state[0] = FREE
+            for _, offset, value in self.layout:
+                if offset == SHARED:
+                    value.close_and_unlink_shm()
 
 
 def block_of(array: np.ndarray) -> str | None:
