@@ -55,7 +55,7 @@ def main() -> None:
         np.zeros(SHAPE, np.uint8)[:, :FILLED] = frames
 
     print("worker, per batch (allocate, fill, free):")
-    print(f"  grain shared memory {median_ms(lambda: grain_batch()):.1f} ms")
+    print(f"  grain shared memory {median_ms(grain_batch):.1f} ms")
     print(f"  reused block        {median_ms(block_batch):.1f} ms")
     print(f"  np.zeros            {median_ms(zeros_batch):.1f} ms")
 

@@ -652,17 +652,17 @@ def _jit_optimized(fn, *args):
 
 
 def test_dequantize_is_exact_under_jit():
-    """XLA fuses q * scale + bias into an FMA; the split products keep the two-rounding values."""
+    """XLA fuses q * scale + bias into an FMA; the table keeps the two-rounding values."""
     import jax.numpy as jnp
 
     q = np.arange(256, dtype=np.uint8).reshape(16, 16)
     want = q.astype(np.float32) * np.float32(4 / 255) + np.float32(4 / 512 - 2)
     got = _jit_optimized(lambda x: yt8m.dequantize(x, xp=jnp), q)
     np.testing.assert_array_equal(np.asarray(got), want)
-    # The plain expression, compiled the same way, is not exact (the reason for the split): if
+    # The plain expression, compiled the same way, is not exact (the reason for the table): if
     # XLA stops forming the FMA, this fails and the comment in yt8m.py is out of date.
     naive = _jit_optimized(
-        lambda x: x.astype(jnp.float32) * want.dtype.type(4 / 255) - 1.9921875, q
+        lambda x: x.astype(jnp.float32) * np.float32(4 / 255) + np.float32(4 / 512 - 2), q
     )
     assert (np.asarray(naive) != want).sum() > 100
 

@@ -48,29 +48,22 @@ def quantize(x: np.ndarray) -> np.ndarray:
 
 
 # Every uint8 level's value, computed once as the spec says: a float32 multiply then a
-# float32 add (two roundings).
+# float32 add (two roundings). A table lookup keeps it bit-exact on every backend, where
+# compilers (XLA under jit, GPU) fuse q * scale + bias into one FMA, which rounds once and
+# differs in 157 of the 256 levels (tests/data/test_yt8m.py). Two products exact in float32
+# (scale's top 16 and low 8 significant bits) would also be exact and, unlike the lookup (a
+# gather), fuse into a plain sum on XLA:CPU; they were tried and not kept: the models' masked
+# means are not fused either way, so the train step did not get faster.
 DEQUANTIZED = np.arange(256, dtype=np.float32) * _SCALE + _BIAS
-# Compilers (XLA under jit, GPUs) fuse q * scale + bias into one FMA, which rounds once and
-# differs from the table in 157 of the 256 levels. So on devices q * scale is computed as two
-# products that are exact in float32: scale's top 16 significant bits (_SCALE_HI) times the
-# 8-bit q fit in 24 bits, and so do its low 8 (_SCALE_LO); their sum is then rounded once, to
-# float32(q * scale), whether or not it is fused into an FMA, and the bias added after it (the
-# second rounding). A table lookup would be exact too, but it is a gather, which XLA:CPU does
-# not fuse with what consumes it: every frame was written out in float32 and read back.
-_SCALE_HI = (np.array(_SCALE).view(np.uint32) & np.uint32(0xFFFFFF00)).view(np.float32)[()]
-_SCALE_LO = np.float32(_SCALE - _SCALE_HI)
 
 
 def dequantize(q: Any, xp: Any = np) -> Any:
     """Dequantizes uint8 features: float32(q) * float32(4/255) + float32(4/512 - 2).
 
     Bit-exact: q=0 -> -1.9921875 and q=255 -> 2.0078125. `xp` may be jax.numpy to
-    dequantize on the accelerator (inside a jitted step; see _SCALE_HI for how it stays exact).
+    dequantize on the accelerator (inside a jitted step).
     """
-    if xp is np:
-        return DEQUANTIZED[np.asarray(q)]
-    x = xp.asarray(q).astype(xp.float32)
-    return (x * _SCALE_HI + x * _SCALE_LO) + _BIAS
+    return xp.asarray(DEQUANTIZED)[xp.asarray(q)]
 
 
 def _set_ints(feature: tf_example_pb2.Feature, values: Any) -> None:
